@@ -1,0 +1,343 @@
+"""Lab nodes: the real daemon and the real OCF agent run as processes against the simulator.
+
+Used by ``hafloatd lab`` and by the integration tests. Everything is asynchronous so the
+simulator (in the same event loop) keeps answering while a daemon or agent process runs.
+Every process started here is stopped by its PID. Like the rest of ``lab/``, this imports
+nothing from the daemon's side: it writes YAML and talks to processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[2]  # the source tree (editable install)
+AGENT = REPO / "ocf" / "hafloat"
+TOKEN = "test-token"  # noqa: S105 - the simulator's default test token, not a secret
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class NotifySocket:
+    """A real sd_notify datagram socket; collects every message the daemon sends."""
+
+    path: str
+    sock: socket.socket
+    messages: list[str] = field(default_factory=list)
+
+    @classmethod
+    def bind(cls, path: str) -> NotifySocket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        return cls(path, sock)
+
+    async def wait_for(self, needle: str, timeout: float = 15.0) -> str:
+        """Wait for a message containing ``needle`` (searching ones already received first)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            seen = 0
+            while True:
+                for message in self.messages[seen:]:
+                    if needle in message:
+                        self.messages.remove(message)
+                        return message
+                seen = len(self.messages)
+                data = await loop.sock_recv(self.sock, 65536)
+                self.messages.append(data.decode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class DaemonNode:
+    """One simulated droplet's hafloatd process."""
+
+    name: str
+    droplet_id: int
+    workdir: Path
+    config: dict[str, Any]
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    notify: NotifySocket | None = None
+    log_path: Path | None = None
+    terminating: bool = False
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "hafloatd.yaml"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def socket_path(self) -> str:
+        return str(self.config["control"]["socket_path"])
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config['metrics']['listen']}/metrics"
+
+    def write_config(self, config: Mapping[str, Any] | None = None) -> None:
+        if config is not None:
+            self.config = dict(config)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+    async def start(self, wait_ready: bool = True) -> None:
+        self.write_config()
+        notify_path = str(self.workdir / "notify.sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(notify_path)
+        self.notify = NotifySocket.bind(notify_path)
+        self.log_path = self.workdir / "daemon.log"
+        log_file = self.log_path.open("ab")
+        env = {**self.env, "NOTIFY_SOCKET": notify_path}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hafloatd.cli",
+            "run",
+            "--config",
+            str(self.config_path),
+            env=env,
+            stdout=log_file,
+            stderr=log_file,
+            cwd=str(self.workdir),
+        )
+        log_file.close()
+        if wait_ready:
+            await self.wait_ready()
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        assert self.notify is not None and self.proc is not None
+        ready = asyncio.ensure_future(self.notify.wait_for("READY=1", timeout))
+        exited = asyncio.ensure_future(self.proc.wait())
+        done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if exited in done:
+            ready.cancel()
+            raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.log()}")
+        exited.cancel()
+        ready.result()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    async def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.terminating = True
+
+    async def stop(self, timeout: float = 10.0) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            if not self.terminating:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self.proc = None
+        self.terminating = False
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+        return proc.returncode
+
+
+def node_config(
+    sim: Any,
+    droplet_id: int,
+    workdir: Path,
+    *,
+    ips: list[dict[str, Any]] | None = None,
+    health_url: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "state_dir": str(workdir / "run"),
+        "api": {
+            "base_url": sim.api_url,
+            "token_source": "env",
+            "request_timeout": "2s",
+            "connect_timeout": "1s",
+            "action_poll_interval": "50ms",
+            "keepalive_interval": "30s",
+            "holder_check_interval": "30s",
+        },
+        "metadata": {
+            "base_url": sim.metadata_url(droplet_id),
+            "cache_file": str(workdir / "lib" / "metadata.json"),
+            "timeout": "1s",
+            "poll_interval": "200ms",
+        },
+        "control": {
+            "socket_path": str(workdir / "run" / "control.sock"),
+            "group": None,
+            "allowed_users": ["root"],
+        },
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "ips": ips or [{"address": "203.0.113.10"}],
+    }
+    if sim.ca_file:
+        config["api"]["ca_file"] = sim.ca_file
+    if health_url:
+        config["health"] = {
+            "url": health_url,
+            "interval": "100ms",
+            "timeout": "80ms",
+            "rise": 2,
+            "fall": 2,
+        }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def make_node(
+    sim: Any, name: str, droplet_id: int, base: Path, **kwargs: Any
+) -> DaemonNode:
+    workdir = base / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HAFLOATD_DO_TOKEN": TOKEN,
+        "PYTHONPATH": str(REPO),
+        "LANG": "C.UTF-8",
+    }
+    return DaemonNode(
+        name, droplet_id, workdir, node_config(sim, droplet_id, workdir, **kwargs), env
+    )
+
+
+@dataclass
+class AgentResult:
+    rc: int
+    stdout: str
+    stderr: str
+    wall_s: float = 0.0
+
+    @property
+    def exit_reason(self) -> str:
+        for line in self.stderr.splitlines():
+            if line.startswith("ocf-exit-reason:"):
+                return line.split(":", 1)[1]
+        return ""
+
+
+async def run_agent(
+    action: str,
+    *,
+    ip: str | None = "203.0.113.10",
+    socket_path: str | None = None,
+    timeout_ms: int = 20000,
+    interval_ms: int | None = None,
+    resource: str = "FloatIP",
+    node: str = "node1",
+    extra_env: Mapping[str, str] | None = None,
+    wall_timeout: float = 60.0,
+) -> AgentResult:
+    """Execute ``ocf/hafloat ACTION`` with the environment Pacemaker gives an agent."""
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "OCF_ROOT": "/usr/lib/ocf",
+        "OCF_RA_VERSION_MAJOR": "1",
+        "OCF_RA_VERSION_MINOR": "1",
+        "OCF_RESOURCE_INSTANCE": resource,
+        "OCF_RESOURCE_TYPE": "hafloat",
+        "OCF_RESOURCE_PROVIDER": "hafloatd",
+        "OCF_RESKEY_CRM_meta_timeout": str(timeout_ms),
+        "OCF_RESKEY_CRM_meta_on_node": node,
+    }
+    if ip is not None:
+        env["OCF_RESKEY_ip"] = ip
+    if socket_path is not None:
+        env["OCF_RESKEY_socket"] = socket_path
+    if interval_ms is not None:
+        env["OCF_RESKEY_CRM_meta_interval"] = str(interval_ms)
+    env.update(extra_env or {})
+    began = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        str(AGENT),
+        action,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), wall_timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return AgentResult(proc.returncode, out.decode(), err.decode(), time.monotonic() - began)
+
+
+class StandInWeb:
+    """A real HTTP server standing in for nginx; its answers can be switched by the test."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.status = 200
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def backend(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _handle(self, _request: web.Request) -> web.Response:
+        return web.Response(status=self.status, text=f"{self.name}\n")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def stand_in_web(name: str) -> AsyncIterator[StandInWeb]:
+    server = StandInWeb(name)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,117 @@
+"""``hafloatd status``: the daemon's state per reserved IP, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hafloatd.control_client import request_sync
+from hafloatd.errors import ControlError
+
+DEFAULT_SOCKET = "/run/hafloatd/control.sock"
+PHASES = ("received", "post_sent", "api_accepted", "action_completed", "holder_confirmed")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", default=DEFAULT_SOCKET, help="control socket path")
+    parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the daemon")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        reply = request_sync(
+            args.socket, {"op": "status", "deadline_ms": int(args.timeout * 1000)}, args.timeout
+        )
+    except ControlError as exc:
+        print(f"hafloatd status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    else:
+        print(render(reply))
+    return 0 if reply.get("ok") else 1
+
+
+def render(status: Mapping[str, Any]) -> str:
+    """A human-readable report: daemon line, API line, health line, one table row per IP."""
+    droplet = status.get("droplet") or {}
+    api = status.get("api") or {}
+    health = status.get("health")
+    lines = [
+        f"hafloatd {status.get('version', '?')}  pid {status.get('pid', '?')}  "
+        f"up {_duration(status.get('uptime_s'))}  droplet {droplet.get('id')} "
+        f"({droplet.get('hostname')}, {droplet.get('region')})",
+        f"api {api.get('base_url')} [{api.get('path_family')}]  token "
+        f"{_token_state(api.get('token_valid'))} via {api.get('token_source')}  "
+        f"rate-limit {_or_dash(api.get('ratelimit_remaining'))}/"
+        f"{_or_dash(api.get('ratelimit_limit'))} remaining",
+        "health " + _health(health),
+        "",
+    ]
+    rows: list[Sequence[str]] = [("IP", "ROLE", "HOLDER", "HEALTH", "LAST FAILOVER", "LAST ERROR")]
+    for ip in status.get("ips") or []:
+        held = {True: "here", False: "elsewhere", None: "unknown"}.get(ip.get("held_here"), "?")
+        holder = f"{held} ({ip.get('holder_droplet_id') or '-'}, {ip.get('holder_source')})"
+        rows.append(
+            (
+                str(ip.get("ip")),
+                str(ip.get("role")),
+                holder,
+                str(ip.get("health")),
+                _timeline(ip.get("last_failover")),
+                str(ip.get("last_error") or "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return "\n".join(lines)
+
+
+def _timeline(timeline: Mapping[str, Any] | None) -> str:
+    if not timeline:
+        return "-"
+    start = timeline.get("received")
+    if not isinstance(start, int | float):
+        return "-"
+    marks = []
+    for phase in PHASES[1:]:
+        at = timeline.get(phase)
+        if isinstance(at, int | float):
+            marks.append(f"{phase}+{(at - start) * 1000:.0f}ms")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start))
+    outcome = timeline.get("outcome", "?")
+    return f"{when} {outcome} " + " ".join(marks)
+
+
+def _health(health: Mapping[str, Any] | None) -> str:
+    if not health:
+        return "not configured"
+    parts = [str(health.get("state", "?"))]
+    for key in ("url", "consecutive_ok", "consecutive_fail", "last_error"):
+        if health.get(key) not in (None, ""):
+            parts.append(f"{key}={health[key]}")
+    return " ".join(parts)
+
+
+def _token_state(valid: object) -> str:
+    if valid is True:
+        return "valid"
+    return "REFUSED" if valid is False else "unchecked"
+
+
+def _duration(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s"
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 machine (as root) for hafloatd: system packages and .venv.
+# Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+if [ "${HAFLOATD_SKIP_APT:-0}" != 1 ]; then
+  apt-get update -q
+  # pacemaker/corosync/resource-agents: the real cluster and ocf-tester; nginx-light: the web
+  # server the probes watch; prometheus: promtool; systemd: systemd-analyze for the unit.
+  apt-get install -y -q --no-install-recommends \
+    python3 python3-venv python3-dev gcc git ca-certificates \
+    pacemaker corosync pacemaker-cli-utils resource-agents libxml2-utils \
+    iproute2 util-linux procps nginx-light prometheus systemd >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+echo "setup: ok ($(.venv/bin/python --version), venv .venv)"
