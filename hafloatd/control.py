@@ -283,7 +283,7 @@ class ControlServer:
             raise
         self._closing = False
         log.info(
-            "control_listening path=%s mode=%04o group=%s allowed_uids=%s allowed_gids=%s "
+            "event=control_listening path=%s mode=%04o group=%s allowed_uids=%s allowed_gids=%s "
             "max_connections=%d",
             path,
             config.mode,
@@ -318,7 +318,7 @@ class ControlServer:
             _done, pending = await asyncio.wait(busy, timeout=max(0.0, grace))
             for task in pending:
                 log.warning(
-                    "control_request_cancelled op=%s pid=%d reason='shutdown grace of %gs "
+                    "event=control_request_cancelled op=%s pid=%d reason='shutdown grace of %gs "
                     "exceeded'",
                     self._connections[task].op if task in self._connections else "-",
                     self._connections[task].peer_pid if task in self._connections else -1,
@@ -334,7 +334,7 @@ class ControlServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                     await server.wait_closed()
-        log.info("control_closed path=%s", self._socket_path)
+        log.info("event=control_closed path=%s", self._socket_path)
 
     def reconfigure(self, config: ControlConfig) -> None:
         """Apply a reloaded ``control:`` section in the background (see ``reload``)."""
@@ -354,14 +354,14 @@ class ControlServer:
         old = self._config
         if config.socket_path != self._socket_path:
             log.warning(
-                "control_reload_ignored key=control.socket_path new=%s current=%s "
+                "event=control_reload_ignored key=control.socket_path new=%s current=%s "
                 "reason='a socket path change needs a daemon restart'",
                 config.socket_path,
                 self._socket_path,
             )
         if config.max_line_bytes > self._line_limit:
             log.warning(
-                "control_reload_ignored key=control.max_line_bytes new=%d current=%d "
+                "event=control_reload_ignored key=control.max_line_bytes new=%d current=%d "
                 "reason='raising the line limit needs a daemon restart'",
                 config.max_line_bytes,
                 self._line_limit,
@@ -381,7 +381,7 @@ class ControlServer:
         self._allowed_uids, self._allowed_gids = uids, gids
         self._config = config
         log.info(
-            "control_reconfigured allowed_uids=%s allowed_gids=%s max_connections=%d "
+            "event=control_reconfigured allowed_uids=%s allowed_gids=%s max_connections=%d "
             "read_timeout_s=%g",
             _ids(uids),
             _ids(gids),
@@ -415,7 +415,7 @@ class ControlServer:
             return
         if len(self._connections) >= self._config.max_connections:
             log.warning(
-                "control_connection_rejected reason=busy connections=%d max_connections=%d",
+                "event=control_connection_rejected reason=busy connections=%d max_connections=%d",
                 len(self._connections),
                 self._config.max_connections,
             )
@@ -447,7 +447,9 @@ class ControlServer:
                     )
             raise
         except Exception as exc:
-            log.error("control_connection_error pid=%d error=%s", conn.peer_pid, _describe(exc))
+            log.error(
+                "event=control_connection_error pid=%d error=%s", conn.peer_pid, _describe(exc)
+            )
         finally:
             del self._connections[task]
             if self._metrics is not None:
@@ -460,7 +462,9 @@ class ControlServer:
         try:
             peer = PeerCred.from_socket(writer.get_extra_info("socket"))
         except (OSError, AttributeError, struct.error) as exc:
-            log.warning("control_peer_denied reason='no peer credentials' error=%s", _describe(exc))
+            log.warning(
+                "event=control_peer_denied reason='no peer credentials' error=%s", _describe(exc)
+            )
             self._count("unknown", "denied")
             await self._send_final(
                 reader,
@@ -471,7 +475,7 @@ class ControlServer:
         conn.peer_pid = peer.pid
         if not self.peer_allowed(peer):
             log.warning(
-                "control_peer_denied pid=%d uid=%d gid=%d allowed_uids=%s allowed_gids=%s",
+                "event=control_peer_denied pid=%d uid=%d gid=%d allowed_uids=%s allowed_gids=%s",
                 peer.pid,
                 peer.uid,
                 peer.gid,
@@ -495,7 +499,7 @@ class ControlServer:
                     line = await reader.readuntil(b"\n")
             except TimeoutError:
                 log.debug(
-                    "control_idle_timeout pid=%d read_timeout_s=%g",
+                    "event=control_idle_timeout pid=%d read_timeout_s=%g",
                     peer.pid,
                     self._config.read_timeout,
                 )
@@ -507,7 +511,7 @@ class ControlServer:
                 conn.busy = True
                 self._count("unknown", "invalid")
                 log.warning(
-                    "control_request_invalid pid=%d uid=%d error='line exceeds %d bytes'",
+                    "event=control_request_invalid pid=%d uid=%d error='line exceeds %d bytes'",
                     peer.pid,
                     peer.uid,
                     self._effective_line_limit(),
@@ -536,7 +540,7 @@ class ControlServer:
         except ProtocolError as exc:
             self._count("unknown", "invalid")
             log.warning(
-                "control_request_invalid pid=%d uid=%d error=%r", peer.pid, peer.uid, str(exc)
+                "event=control_request_invalid pid=%d uid=%d error=%r", peer.pid, peer.uid, str(exc)
             )
             return ControlReply.from_error(exc)
         conn.op = request.op
@@ -580,11 +584,11 @@ class ControlServer:
                     ),
                     "error",
                 )
-            log.error("control_handler_error op=%s error=%s", request.op, _describe(exc))
+            log.error("event=control_handler_error op=%s error=%s", request.op, _describe(exc))
             return ControlReply.failure(OCF_ERR_GENERIC, f"timeout: {exc or 'no detail'}"), "error"
         except HafloatdError as exc:
             log.warning(
-                "control_handler_failed op=%s ip=%s ocf=%d error=%r",
+                "event=control_handler_failed op=%s ip=%s ocf=%d error=%r",
                 request.op,
                 request.ip or "-",
                 exc.ocf_code,
@@ -593,7 +597,7 @@ class ControlServer:
             return ControlReply.from_error(exc), "error"
         except Exception as exc:
             log.error(
-                "control_handler_error op=%s ip=%s error=%s",
+                "event=control_handler_error op=%s ip=%s error=%s",
                 request.op,
                 request.ip or "-",
                 _describe(exc),
@@ -606,7 +610,7 @@ class ControlServer:
             )
         if not isinstance(reply, ControlReply):
             log.error(
-                "control_handler_error op=%s error='handler returned %s'",
+                "event=control_handler_error op=%s error='handler returned %s'",
                 request.op,
                 type(reply).__name__,
             )
@@ -619,7 +623,7 @@ class ControlServer:
         try:
             data = reply.to_json_line()
         except (TypeError, ValueError) as exc:
-            log.error("control_reply_unserialisable error=%s", _describe(exc))
+            log.error("event=control_reply_unserialisable error=%s", _describe(exc))
             data = ControlReply.failure(
                 OCF_ERR_GENERIC, "internal error: reply not serialisable"
             ).to_json_line()
@@ -681,7 +685,7 @@ class ControlServer:
     def _reload_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("control_reload_failed error=%s", _describe(task.exception()))
+            log.error("event=control_reload_failed error=%s", _describe(task.exception()))
 
 
 @dataclass
@@ -777,12 +781,12 @@ def _resolve_peers(config: ControlConfig) -> tuple[frozenset[int], frozenset[int
             gids.add(gid)
     if not uids and not gids:
         log.warning(
-            "control_no_allowed_peers reason='no allowed user or group resolved: every "
+            "event=control_no_allowed_peers reason='no allowed user or group resolved: every "
             "client will be refused' hint='set control.allowed_users'"
         )
     elif 0 not in uids:
         log.warning(
-            "control_root_not_allowed hint='pacemaker-execd runs the OCF agent as root; add "
+            "event=control_root_not_allowed hint='pacemaker-execd runs the OCF agent as root; add "
             "root to control.allowed_users'"
         )
     return frozenset(uids), frozenset(gids)
@@ -796,7 +800,7 @@ def _lookup_id(name: str | int, key: str, lookup: Any) -> int | None:
     try:
         return int(lookup(name))
     except KeyError:
-        log.warning("control_unknown_name key=%s name=%s action=skipped", key, name)
+        log.warning("event=control_unknown_name key=%s name=%s action=skipped", key, name)
         return None
 
 
@@ -809,7 +813,7 @@ def _resolve_group(group: str | None) -> int | None:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         log.warning(
-            "control_group_missing group=%s action='socket keeps the daemon group' "
+            "event=control_group_missing group=%s action='socket keeps the daemon group' "
             "hint='create the group or set control.group'",
             group,
         )
@@ -832,7 +836,9 @@ def _prepare_directory(directory: str, group_gid: int | None) -> None:
                 f"could replace the socket; use a 0750 directory"
             ) from None
         if mode & 0o007:
-            log.warning("control_dir_open path=%s mode=%04o hint='expected 0750'", directory, mode)
+            log.warning(
+                "event=control_dir_open path=%s mode=%04o hint='expected 0750'", directory, mode
+            )
         return
     except FileNotFoundError:
         raise ControlError(
@@ -846,7 +852,7 @@ def _prepare_directory(directory: str, group_gid: int | None) -> None:
     os.chmod(directory, 0o750)  # noqa: S103  (group may traverse; mkdir's mode is umasked)
     if group_gid is not None:
         _chown_group(directory, group_gid)
-    log.info("control_dir_created path=%s mode=0750", directory)
+    log.info("event=control_dir_created path=%s mode=0750", directory)
 
 
 def _bind_private(path: str, mode: int, group_gid: int | None) -> tuple[socket.socket, str]:
@@ -892,10 +898,12 @@ def _apply_socket_permissions(
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        log.warning("control_socket_missing path=%s hint='restart hafloatd to recreate it'", path)
+        log.warning(
+            "event=control_socket_missing path=%s hint='restart hafloatd to recreate it'", path
+        )
         return
     if (st.st_dev, st.st_ino) != identity:
-        log.warning("control_socket_replaced path=%s action='permissions not changed'", path)
+        log.warning("event=control_socket_replaced path=%s action='permissions not changed'", path)
         return
     os.chmod(path, mode)
     if group_gid is not None:
@@ -903,11 +911,13 @@ def _apply_socket_permissions(
 
 
 def _chown_group(path: str, gid: int) -> None:
+    if os.stat(path).st_gid == gid:
+        return  # already right (under the unit, Group=haclient): chown is filtered there
     try:
         os.chown(path, -1, gid)
     except PermissionError:
         log.warning(
-            "control_chgrp_failed path=%s gid=%d reason='permission denied' "
+            "event=control_chgrp_failed path=%s gid=%d reason='permission denied' "
             "hint='run as root or as a member of the group'",
             path,
             gid,
@@ -920,7 +930,7 @@ def _unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
     except FileNotFoundError:
         return
     if (st.st_dev, st.st_ino) != identity:
-        log.info("control_socket_kept path=%s reason='replaced by another process'", path)
+        log.info("event=control_socket_kept path=%s reason='replaced by another process'", path)
         return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -939,7 +949,7 @@ async def _refuse_if_live(path: str) -> None:
         async with asyncio.timeout(_LIVENESS_TIMEOUT_S):
             _reader, writer = await asyncio.open_unix_connection(path)
     except (ConnectionRefusedError, FileNotFoundError):
-        log.info("control_socket_stale path=%s action=replacing", path)
+        log.info("event=control_socket_stale path=%s action=replacing", path)
         return
     except TimeoutError:
         raise ControlError(

@@ -180,7 +180,7 @@ class Daemon:
 
     async def startup(self) -> None:
         config = self.config
-        self.token = load_token(config.api, self.environ)
+        self.token = await asyncio.to_thread(load_token, config.api, self.environ)
         self._redact = RedactFilter(self.token.token.reveal())
         for handler in logging.getLogger("hafloatd").handlers:
             handler.addFilter(self._redact)
@@ -337,9 +337,8 @@ class Daemon:
         await self._apply_health(old.health, new.health)
         if self.control is not None:
             self.control.reconfigure(new.control)
-        if self.pacemaker is not None and old.pacemaker != new.pacemaker:
-            await self.pacemaker.close()
-            self.pacemaker = PacemakerNotifier(new.pacemaker, metrics=self.metrics)
+        if self.pacemaker is not None:
+            self.pacemaker.reconfigure(new.pacemaker)
         new_ips = {entry.address: entry for entry in new.ips}
         for address in list(self.controllers):
             if address not in new_ips:

@@ -245,7 +245,9 @@ class DoApiClient:
             current = await self.wait_unlocked(ip, deadline)
             if current.droplet_id == droplet_id:
                 log.info(
-                    "api_assign_skipped ip=%s droplet_id=%d reason=already_held", ip, droplet_id
+                    "event=api_assign_skipped ip=%s droplet_id=%d reason=already_held",
+                    ip,
+                    droplet_id,
                 )
                 return AssignResult(None, True)
         action = await self._post_action(
@@ -296,7 +298,9 @@ class DoApiClient:
                 if ip is None:
                     raise
                 log.info(
-                    "api_action_not_found action_id=%d ip=%s fallback=holder_check", action_id, ip
+                    "event=api_action_not_found action_id=%d ip=%s fallback=holder_check",
+                    action_id,
+                    ip,
                 )
                 return await self._confirm_by_holder(ip, action_id, expected_droplet_id, deadline)
             if action.completed:
@@ -370,7 +374,7 @@ class DoApiClient:
                 # The POST may have been applied: look before sending another.
                 self._count_retry("post_action", "unknown_fate")
                 log.warning(
-                    "api_post_fate_unknown ip=%s type=%s attempt=%d reason=%s detail=%s "
+                    "event=api_post_fate_unknown ip=%s type=%s attempt=%d reason=%s detail=%s "
                     "next=holder_check",
                     ip,
                     kind,
@@ -387,7 +391,7 @@ class DoApiClient:
                 _fire(on_event, "api_accepted")
                 action = _parse_action(reply)
                 log.info(
-                    "api_action_accepted ip=%s type=%s action_id=%d status=%s attempt=%d",
+                    "event=api_action_accepted ip=%s type=%s action_id=%d status=%s attempt=%d",
                     ip,
                     kind,
                     action.id,
@@ -400,7 +404,7 @@ class DoApiClient:
                 if "pending event" in message.lower():
                     self._count_retry("post_action", "pending_event")
                     log.info(
-                        "api_retry endpoint=post_action ip=%s type=%s attempt=%d "
+                        "event=api_retry endpoint=post_action ip=%s type=%s attempt=%d "
                         "reason=pending_event message=%s",
                         ip,
                         kind,
@@ -418,7 +422,7 @@ class DoApiClient:
                 current = await self.get_reserved_ip(ip, deadline)
                 if current.droplet_id == want_droplet_id and not current.locked:
                     log.info(
-                        "api_action_unneeded ip=%s type=%s droplet_id=%s reason=%s",
+                        "event=api_action_unneeded ip=%s type=%s droplet_id=%s reason=%s",
                         ip,
                         kind,
                         want_droplet_id,
@@ -461,7 +465,7 @@ class DoApiClient:
         current = await self.wait_unlocked(ip, deadline)
         held = current.droplet_id == want_droplet_id
         log.info(
-            "api_holder_check ip=%s holder=%s wanted=%s result=%s",
+            "event=api_holder_check ip=%s holder=%s wanted=%s result=%s",
             ip,
             current.droplet_id,
             want_droplet_id,
@@ -583,7 +587,7 @@ class DoApiClient:
                     elapsed
                 )
             log.debug(
-                "api_request endpoint=%s method=%s path=%s code=%s duration_ms=%d",
+                "event=api_request endpoint=%s method=%s path=%s code=%s duration_ms=%d",
                 endpoint,
                 method,
                 path,
@@ -705,7 +709,7 @@ class DoApiClient:
             )
 
     def _give_up(self, endpoint: Endpoint, message: str, reply: _Reply | None) -> None:
-        log.warning("api_give_up endpoint=%s message=%s", endpoint, _kv(message))
+        log.warning("event=api_give_up endpoint=%s message=%s", endpoint, _kv(message))
         raise ApiUnavailable(
             message,
             status=reply.status if reply else None,
@@ -718,7 +722,7 @@ class DoApiClient:
     ) -> None:
         self._count_retry(endpoint, reason)
         log.warning(
-            "api_retry endpoint=%s attempt=%d reason=%s wait_ms=%d detail=%s",
+            "event=api_retry endpoint=%s attempt=%d reason=%s wait_ms=%d detail=%s",
             endpoint,
             attempt,
             reason,
@@ -800,14 +804,15 @@ class DoApiClient:
                     ssl_context = await asyncio.to_thread(self._make_ssl_context)
                 else:
                     log.warning(
-                        "api_insecure_transport base_url=%s note=token_sent_without_tls",
+                        "event=api_insecure_transport base_url=%s note=token_sent_without_tls",
                         self._base_url,
                     )
                 if self._closed:
                     raise ApiError("DigitalOcean API client is closed (daemon shutting down)")
                 self._session = self._build_session(ssl_context)
                 log.info(
-                    "api_client_started base_url=%s path_family=%s max_connections=%d ca_file=%s",
+                    "event=api_client_started base_url=%s path_family=%s max_connections=%d "
+                    "ca_file=%s",
                     self._base_url,
                     self._family,
                     self._config.max_connections,
@@ -852,7 +857,7 @@ class DoApiClient:
         params: aiohttp.TraceConnectionCreateEndParams,
     ) -> None:
         self.connections_opened += 1
-        log.debug("api_connection_opened total=%d", self.connections_opened)
+        log.debug("event=api_connection_opened total=%d", self.connections_opened)
 
     def _ip_path(self, ip: str) -> str:
         try:
@@ -1045,4 +1050,4 @@ def _fire(on_event: Callable[[str], None] | None, event: str) -> None:
         on_event(event)
     except Exception:
         # A broken observer must not break the assignment it observes.
-        log.exception("api_on_event_failed event=%s", event)
+        log.exception("event=api_on_event_failed event=%s", event)

@@ -11,7 +11,7 @@
     │   ├── ApiUnavailable           OCF_ERR_GENERIC (1)      5xx/429/timeouts/resets, retries spent
     │   └── ActionFailed             OCF_ERR_GENERIC (1)      an action ended "errored"
     ├── MetadataError                OCF_ERR_GENERIC (1)      metadata service unreachable / garbled
-    ├── ControlError                 OCF_ERR_GENERIC (1)      control-socket client side failures
+    ├── ControlError                 OCF_ERR_GENERIC (1)      control socket: cannot serve / reach
     │   └── ProtocolError            OCF_ERR_ARGS (2)         malformed control request
     └── UnknownIpError               OCF_ERR_INSTALLED (5)    IP not in this daemon's config
 
@@ -109,7 +109,7 @@ class MetadataError(HafloatdError):
 
 
 class ControlError(HafloatdError):
-    """A control-socket exchange failed (client side)."""
+    """The control socket could not be created (server) or reached (client)."""
 
 
 class ProtocolError(ControlError):

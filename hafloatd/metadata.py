@@ -119,7 +119,7 @@ class MetadataClient:
                     "must reach the metadata service once to learn its droplet id"
                 ) from None
             log.warning(
-                "metadata_identity_from_cache droplet_id=%d cache_file=%s reason=%s",
+                "event=metadata_identity_from_cache droplet_id=%d cache_file=%s reason=%s",
                 self._cached.droplet_id,
                 self._config.cache_file,
                 _kv(str(exc)),
@@ -128,7 +128,7 @@ class MetadataClient:
         previous = self._cached
         if previous is not None and previous.droplet_id != fetched.droplet_id:
             log.warning(
-                "metadata_identity_changed previous_droplet_id=%d droplet_id=%d",
+                "event=metadata_identity_changed previous_droplet_id=%d droplet_id=%d",
                 previous.droplet_id,
                 fetched.droplet_id,
             )
@@ -191,16 +191,16 @@ class MetadataClient:
         active: bool | None = None
         if isinstance(raw_active, BaseException):
             _reraise_cancel(raw_active)
-            log.debug("metadata_reserved_ip_unknown reason=%s", _reason(raw_active))
+            log.debug("event=metadata_reserved_ip_unknown reason=%s", _reason(raw_active))
         elif raw_active in ("true", "false"):
             active = raw_active == "true"
         else:
             # Debug only: this runs every poll; the controller logs the resulting transitions.
-            log.debug("metadata_reserved_ip_garbled key=active answer=%r", raw_active[:40])
+            log.debug("event=metadata_reserved_ip_garbled key=active answer=%r", raw_active[:40])
         ip_address: str | None = None
         if isinstance(raw_address, BaseException):
             _reraise_cancel(raw_address)
-            log.debug("metadata_reserved_ip_address_unknown reason=%s", _reason(raw_address))
+            log.debug("event=metadata_reserved_ip_address_unknown reason=%s", _reason(raw_address))
         else:
             ip_address = _ipv4_or_none(raw_address)
         return ReservedIpView(active=active, ip_address=ip_address)
@@ -258,7 +258,7 @@ class MetadataClient:
         finally:
             if self._metrics is not None:
                 self._metrics.metadata_requests_total.labels(result=result).inc()
-            log.debug("metadata_request key=%s result=%s", key, result)
+            log.debug("event=metadata_request key=%s result=%s", key, result)
         return body.decode("utf-8", errors="replace").strip()
 
     def _ensure_session(self) -> aiohttp.ClientSession:
@@ -281,12 +281,12 @@ class MetadataClient:
         try:
             loaded = await asyncio.to_thread(_read_cache_file, self._config.cache_file)
         except MetadataError as exc:
-            log.warning("metadata_cache_unusable reason=%s", _kv(str(exc)))
+            log.warning("event=metadata_cache_unusable reason=%s", _kv(str(exc)))
             return
         if loaded is not None and self._cached is None:
             self._cached = loaded
             log.info(
-                "metadata_cache_loaded droplet_id=%d cache_file=%s",
+                "event=metadata_cache_loaded droplet_id=%d cache_file=%s",
                 loaded.droplet_id,
                 self._config.cache_file,
             )
@@ -297,13 +297,13 @@ class MetadataClient:
         except OSError as exc:
             # The identity is still good in memory; only a later cold start loses the fallback.
             log.warning(
-                "metadata_cache_write_failed cache_file=%s error=%s",
+                "event=metadata_cache_write_failed cache_file=%s error=%s",
                 self._config.cache_file,
                 _kv(f"{type(exc).__name__}: {exc.strerror or exc}"),
             )
         else:
             log.info(
-                "metadata_cache_written droplet_id=%d cache_file=%s",
+                "event=metadata_cache_written droplet_id=%d cache_file=%s",
                 identity.droplet_id,
                 self._config.cache_file,
             )

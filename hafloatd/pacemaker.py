@@ -73,7 +73,7 @@ class PacemakerNotifier:
         """Apply a reloaded ``pacemaker:`` section; in-flight notifications keep the old one."""
         if config != self._config:
             log.info(
-                "pacemaker_reconfigured notify_failures=%s crm_resource=%s",
+                "event=pacemaker_reconfigured notify_failures=%s crm_resource=%s",
                 config.notify_failures,
                 config.crm_resource,
             )
@@ -108,11 +108,11 @@ class PacemakerNotifier:
         """
         config = self._config
         if not config.notify_failures:
-            log.debug("pacemaker_notify_skipped reason=disabled resource=%s", resource)
+            log.debug("event=pacemaker_notify_skipped reason=disabled resource=%s", resource)
             return False
         if not is_valid_resource_id(resource) or not is_valid_node_name(node):
             log.error(
-                "pacemaker_notify_refused resource=%r node=%r "
+                "event=pacemaker_notify_refused resource=%r node=%r "
                 "error='not a valid Pacemaker resource id / node name'",
                 resource,
                 node,
@@ -125,7 +125,7 @@ class PacemakerNotifier:
             returncode, stdout, stderr = await self._run(argv)
         except FileNotFoundError:
             log.error(
-                "pacemaker_notify_failed resource=%s node=%s error='%s not found: install "
+                "event=pacemaker_notify_failed resource=%s node=%s error='%s not found: install "
                 "pacemaker-cli-utils or set pacemaker.crm_resource'",
                 resource,
                 node,
@@ -135,7 +135,7 @@ class PacemakerNotifier:
             return False
         except PermissionError:
             log.error(
-                "pacemaker_notify_failed resource=%s node=%s error='%s is not executable "
+                "event=pacemaker_notify_failed resource=%s node=%s error='%s is not executable "
                 "by the daemon user'",
                 resource,
                 node,
@@ -145,7 +145,7 @@ class PacemakerNotifier:
             return False
         except TimeoutError:
             log.error(
-                "pacemaker_notify_failed resource=%s node=%s error='crm_resource did not "
+                "event=pacemaker_notify_failed resource=%s node=%s error='crm_resource did not "
                 "finish within %.1fs and was killed' reason=%r",
                 resource,
                 node,
@@ -156,7 +156,7 @@ class PacemakerNotifier:
             return False
         except OSError as exc:
             log.error(
-                "pacemaker_notify_failed resource=%s node=%s error=%r",
+                "event=pacemaker_notify_failed resource=%s node=%s error=%r",
                 resource,
                 node,
                 f"cannot run {config.crm_resource}: {exc}",
@@ -166,7 +166,7 @@ class PacemakerNotifier:
         duration_ms = round((time.monotonic() - started) * 1000)
         if returncode == 0:
             log.warning(
-                "pacemaker_notified resource=%s node=%s reason=%r duration_ms=%d",
+                "event=pacemaker_notified resource=%s node=%s reason=%r duration_ms=%d",
                 resource,
                 node,
                 reason,
@@ -175,7 +175,8 @@ class PacemakerNotifier:
             self._count("ok")
             return True
         log.error(
-            "pacemaker_notify_failed resource=%s node=%s rc=%d duration_ms=%d stderr=%r stdout=%r",
+            "event=pacemaker_notify_failed resource=%s node=%s rc=%d duration_ms=%d "
+            "stderr=%r stdout=%r",
             resource,
             node,
             returncode,
@@ -219,7 +220,7 @@ class PacemakerNotifier:
                     async with asyncio.timeout(_REAP_TIMEOUT_S):
                         await process.wait()
                 except TimeoutError:
-                    log.error("pacemaker_notify_reap_failed pid=%d", process.pid)
+                    log.error("event=pacemaker_notify_reap_failed pid=%d", process.pid)
         returncode = process.returncode
         assert returncode is not None
         return returncode, stdout, stderr
@@ -228,7 +229,7 @@ class PacemakerNotifier:
         if self._tasks.get(key) is task:
             del self._tasks[key]
         if not task.cancelled() and task.exception() is not None:
-            log.error("pacemaker_notify_crashed error=%r", task.exception())
+            log.error("event=pacemaker_notify_crashed error=%r", task.exception())
 
     def _count(self, result: str) -> None:
         if self._metrics is not None:

@@ -107,7 +107,7 @@ class HealthProbe:
             self._run(), name="hafloatd-health-probe"
         )
         log.info(
-            "probe_started url=%s interval_s=%g timeout_s=%g rise=%d fall=%d",
+            "event=probe_started url=%s interval_s=%g timeout_s=%g rise=%d fall=%d",
             self._config.url,
             self._config.interval,
             self._config.timeout,
@@ -122,13 +122,13 @@ class HealthProbe:
             task.cancel("probe stopping")
             done, _pending = await asyncio.wait({task}, timeout=_STOP_TIMEOUT_S)
             if not done:
-                log.error("probe_stop_timeout waited_s=%g", _STOP_TIMEOUT_S)
+                log.error("event=probe_stop_timeout waited_s=%g", _STOP_TIMEOUT_S)
         session, self._session = self._session, None
         if session is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_STOP_TIMEOUT_S):
                     await session.close()
-        log.info("probe_stopped state=%s", self.state.value)
+        log.info("event=probe_stopped state=%s", self.state.value)
 
     def reconfigure(self, config: HealthConfig) -> None:
         """Apply a reloaded ``health:`` section from the next check on.
@@ -142,7 +142,7 @@ class HealthProbe:
         old = self._config
         self._config = config
         log.info(
-            "probe_reconfigured url=%s interval_s=%g timeout_s=%g rise=%d fall=%d",
+            "event=probe_reconfigured url=%s interval_s=%g timeout_s=%g rise=%d fall=%d",
             config.url,
             config.interval,
             config.timeout,
@@ -202,7 +202,7 @@ class HealthProbe:
             try:
                 self._record(result)
             except Exception as exc:  # keep probing whatever went wrong in bookkeeping
-                log.error("probe_record_failed error=%r", f"{type(exc).__name__}: {exc}")
+                log.error("event=probe_record_failed error=%r", f"{type(exc).__name__}: {exc}")
             interval = self._config.interval
             next_start = _next_slot(next_start, interval, loop.time())
             while (delay := next_start - loop.time()) > 0:
@@ -227,7 +227,9 @@ class HealthProbe:
             raise
         except Exception as exc:
             # A bug or an aiohttp surprise must not kill the loop: it is a failed check.
-            log.error("probe_error url=%s error=%r", config.url, f"{type(exc).__name__}: {exc}")
+            log.error(
+                "event=probe_error url=%s error=%r", config.url, f"{type(exc).__name__}: {exc}"
+            )
             return CheckResult(
                 ok=False,
                 duration_s=time.monotonic() - started,
@@ -253,7 +255,7 @@ class HealthProbe:
             self.consecutive_ok = 0
             self.last_error = result.error
             log.debug(
-                "probe_check_failed url=%s consecutive_fail=%d error=%r",
+                "event=probe_check_failed url=%s consecutive_fail=%d error=%r",
                 config.url,
                 self.consecutive_fail,
                 result.error,
@@ -285,7 +287,7 @@ class HealthProbe:
                 self._on_change(old, new)
             except Exception as exc:
                 log.error(
-                    "probe_on_change_failed from=%s to=%s error=%r",
+                    "event=probe_on_change_failed from=%s to=%s error=%r",
                     old.value,
                     new.value,
                     f"{type(exc).__name__}: {exc}",

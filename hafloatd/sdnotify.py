@@ -122,12 +122,12 @@ class SdNotifier:
         log.info("event=watchdog_on interval_s=%.3f", interval_s)
         loop = asyncio.get_running_loop()
         withheld = False
-        last_ping = loop.time()
+        last_tick = loop.time()
         while True:
             now = loop.time()
             # A tick far later than planned means the loop was blocked: log it, so stalls
             # that came close to WatchdogSec (and may end in SIGABRT next time) are visible.
-            lag_s = now - last_ping - interval_s
+            lag_s = now - last_tick - interval_s
             if lag_s > interval_s / 2:
                 log.warning("event=watchdog_late lag_s=%.3f interval_s=%.3f", lag_s, interval_s)
             if _is_healthy(healthy):
@@ -138,7 +138,7 @@ class SdNotifier:
             elif not withheld:
                 log.error("event=watchdog_withheld reason=unhealthy")
                 withheld = True
-            last_ping = now
+            last_tick = now
             await asyncio.sleep(interval_s)
 
     def close(self) -> None:

@@ -16,6 +16,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi
-.venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[test]'
+pip_log=$(mktemp)
+if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } >"$pip_log" 2>&1; then
+  cat "$pip_log" >&2; rm -f "$pip_log"; echo "setup: pip install failed" >&2; exit 1
+fi
+rm -f "$pip_log"
 echo "setup: ok ($(.venv/bin/python --version), venv .venv)"

@@ -227,10 +227,10 @@ async def test_holds_respects_a_deadline_shorter_than_the_timeout(
     simulator: Simulator, cache_file: Path
 ) -> None:
     simulator.faults.metadata_slow(2.0, droplet_id=1003)
-    deadline = Deadline.after(0.2)
     async with metadata_client(simulator, 1003, cache_file, timeout=2.0) as client:
+        deadline = Deadline.after(0.2)
         assert await client.holds(IP_SFO, deadline) is None
-    assert time.monotonic() <= deadline.at + 0.1
+        assert time.monotonic() <= deadline.at + 0.1
 
 
 async def test_metadata_requests_are_counted(simulator: Simulator, cache_file: Path) -> None:

@@ -150,7 +150,7 @@ async def test_nonzero_exit_is_logged_on_one_line_with_stderr(
     [record] = [r for r in caplog.records if r.name == "hafloatd.pacemaker"]
     message = record.getMessage()
     assert "\n" not in message
-    assert message.startswith("pacemaker_notify_failed resource=FloatIP node=node-1 rc=6")
+    assert message.startswith("event=pacemaker_notify_failed resource=FloatIP node=node-1 rc=6")
     assert "stderr='Error performing operation: No such device or address | second line'" in (
         message
     )

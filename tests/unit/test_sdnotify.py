@@ -218,9 +218,10 @@ def test_full_manager_queue_drops_with_a_log_line_instead_of_blocking(
     receiver: Receiver, notifier: SdNotifier, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="hafloatd.sdnotify")
-    # Nobody reads the receiver: its queue (net.unix.max_dgram_qlen, 10 by default) fills.
+    # Nobody reads the receiver: its queue (net.unix.max_dgram_qlen, 10 by default, and the
+    # socket buffers) fills long before 5000 datagrams.
     started = time.monotonic()
-    for _ in range(200):
+    for _ in range(5000):
         notifier.watchdog_ping()
     assert time.monotonic() - started < 1.0
     assert "event=sd_notify_dropped reason=EAGAIN keys=WATCHDOG" in caplog.text
@@ -357,6 +358,41 @@ async def test_run_watchdog_treats_a_failing_health_check_as_unhealthy(
     assert receiver.pending() == []
     assert "event=watchdog_health_check_failed error=RuntimeError" in caplog.text
     sd.close()
+
+
+async def test_run_watchdog_logs_a_late_tick_after_the_loop_was_blocked(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hafloatd.sdnotify")
+    sd = SdNotifier(receiver.environ(WATCHDOG_USEC="40000"))  # ping every 20 ms
+    third_check = asyncio.Event()
+    checks = 0
+
+    def healthy() -> bool:
+        nonlocal checks
+        checks += 1
+        if checks == 1:
+            # The wedge under test: hold the loop for 5 intervals without yielding.
+            stalled_until = time.monotonic() + 0.1
+            while time.monotonic() < stalled_until:
+                pass
+        if checks == 3:
+            third_check.set()
+        return True
+
+    task = asyncio.create_task(sd.run_watchdog(healthy))
+    try:
+        async with asyncio.timeout(RECV_TIMEOUT_S):
+            await third_check.wait()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        sd.close()
+    late = [r.getMessage() for r in caplog.records if "event=watchdog_late" in r.getMessage()]
+    assert late, caplog.text
+    lags_s = [float(message.split("lag_s=")[1].split()[0]) for message in late]
+    assert max(lags_s) >= 0.09
 
 
 async def test_run_watchdog_returns_at_once_when_watchdog_pid_is_not_ours(

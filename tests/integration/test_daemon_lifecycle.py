@@ -1,0 +1,202 @@
+"""Daemon lifecycle as a process: sd_notify, SIGHUP reload, status, Pacemaker notification."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from hafloatd.lab.nodes import (
+    REPO,
+    AgentResult,
+    DaemonNode,
+    StandInWeb,
+    make_node,
+    run_agent,
+    stand_in_web,
+)
+from hafloatd.lab.simulator import Simulator
+
+IP = "203.0.113.10"
+OTHER_IP = "203.0.113.30"
+
+
+async def agent(daemon: DaemonNode, action: str, **kwargs: Any) -> AgentResult:
+    return await run_agent(action, socket_path=daemon.socket_path, **kwargs)
+
+
+async def status_json(daemon: DaemonNode) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hafloatd.cli",
+        "status",
+        "--json",
+        "--socket",
+        daemon.socket_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**daemon.env},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+@pytest.fixture
+async def web1() -> AsyncIterator[StandInWeb]:
+    async with stand_in_web("node1") as server:
+        yield server
+
+
+@pytest.fixture
+async def node1(
+    simulator: Simulator, tmp_path: Path, web1: StandInWeb
+) -> AsyncIterator[DaemonNode]:
+    simulator.set_backend(1001, web1.backend)
+    node = make_node(simulator, "node1", 1001, tmp_path, health_url=web1.url)
+    yield node
+    await node.stop()
+
+
+async def test_ready_status_and_watchdog_pings_reach_notify_socket(node1: DaemonNode) -> None:
+    node1.env["WATCHDOG_USEC"] = "200000"  # 0.2 s: pings every 0.1 s
+    await node1.start()
+    assert node1.notify is not None
+    assert node1.pid is not None
+    await node1.notify.wait_for("WATCHDOG=1", timeout=5)
+    await node1.notify.wait_for("WATCHDOG=1", timeout=5)
+
+
+async def test_sighup_reload_applies_new_ips_and_rejects_bad_config(
+    simulator: Simulator, node1: DaemonNode
+) -> None:
+    await node1.start()
+    assert node1.notify is not None
+    validate = await agent(node1, "validate-all", ip=OTHER_IP)
+    assert validate.rc == 5
+
+    good = dict(node1.config)
+    good["ips"] = [{"address": IP}, {"address": OTHER_IP, "on_stop": "unassign"}]
+    node1.write_config(good)
+    await node1.signal(signal.SIGHUP)
+    await node1.notify.wait_for("RELOADING=1")
+    await node1.notify.wait_for("READY=1")
+    assert (await agent(node1, "validate-all", ip=OTHER_IP)).rc == 0
+
+    bad = dict(good)
+    bad["health"] = {**good["health"], "fall": -1}
+    node1.config_path.write_text(yaml.safe_dump(bad))
+    await node1.signal(signal.SIGHUP)
+    await node1.notify.wait_for("RELOADING=1")
+    status_line = await node1.notify.wait_for("READY=1")
+    assert "reload rejected" in status_line
+    assert "health.fall" in node1.log()
+    # The old (good) configuration is still in force and the daemon still serves.
+    assert (await agent(node1, "validate-all", ip=OTHER_IP)).rc == 0
+    assert (await agent(node1, "start")).rc == 0
+
+
+async def test_status_reports_role_holder_timeline_and_token_state(
+    simulator: Simulator, node1: DaemonNode
+) -> None:
+    await node1.start()
+    assert (await agent(node1, "start")).rc == 0
+    status = await status_json(node1)
+    assert status["droplet"]["id"] == 1001
+    assert status["api"]["token_valid"] is True
+    assert status["api"]["ratelimit_remaining"] is not None
+    (entry,) = status["ips"]
+    assert entry["role"] == "started"
+    assert entry["held_here"] is True
+    timeline = entry["last_failover"]
+    assert timeline["outcome"] == "moved"
+    stamps = [timeline[p] for p in ("received", "post_sent", "api_accepted", "holder_confirmed")]
+    assert stamps == sorted(stamps)
+    assert "test-token" not in json.dumps(status)
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hafloatd.cli",
+        "status",
+        "--socket",
+        node1.socket_path,
+        stdout=asyncio.subprocess.PIPE,
+        env={**node1.env},
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    table = out.decode()
+    assert proc.returncode == 0
+    assert IP in table
+    assert "started" in table
+    assert "holder_confirmed+" in table
+
+
+async def test_health_failure_notifies_pacemaker_at_once(
+    simulator: Simulator, node1: DaemonNode, web1: StandInWeb, tmp_path: Path
+) -> None:
+    record = tmp_path / "crm_resource.argv"
+    fake = tmp_path / "crm_resource"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    fake.chmod(0o755)
+    node1.config["pacemaker"] = {"notify_failures": True, "crm_resource": str(fake)}
+    await node1.start()
+    assert (await agent(node1, "start", resource="FloatIP", node="node1")).rc == 0
+    web1.status = 500
+    async with asyncio.timeout(10):
+        while not record.exists():
+            await asyncio.sleep(0.05)
+    assert record.read_text().split() == ["--fail", "--resource", "FloatIP", "--node", "node1"]
+
+
+async def test_deadline_too_short_fails_start_within_it(
+    simulator: Simulator, node1: DaemonNode
+) -> None:
+    simulator.faults.latency(2.0, endpoint="post_action")
+    await node1.start()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    result = await agent(node1, "start", timeout_ms=1000)
+    assert result.rc == 1
+    assert "deadline" in result.exit_reason.lower() or "time" in result.exit_reason.lower()
+    assert loop.time() - began < 1.5
+
+
+async def test_bad_token_fails_start_with_permission_code(
+    simulator: Simulator, node1: DaemonNode
+) -> None:
+    node1.env["HAFLOATD_DO_TOKEN"] = "wrong-token-value"
+    await node1.start()
+    result = await agent(node1, "start")
+    assert result.rc == 4
+    assert "token" in result.exit_reason.lower()
+    assert "wrong-token-value" not in result.stderr + node1.log()
+    async with aiohttp.ClientSession() as session, session.get(node1.metrics_url) as resp:
+        metrics = await resp.text()
+    assert "hafloatd_api_token_valid 0.0" in metrics
+    assert "wrong-token-value" not in metrics
+
+
+async def test_check_config_accepts_lab_config(node1: DaemonNode) -> None:
+    node1.write_config()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hafloatd.cli",
+        "check-config",
+        str(node1.config_path),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=str(REPO),
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, out.decode()
