@@ -25,7 +25,10 @@ from typing import Any
 
 from hafloatd.lab.nodes import (
     DaemonNode,
+    NginxWeb,
+    StandInWeb,
     make_node,
+    nginx_web,
     run_agent,
     stand_in_web,
 )
@@ -154,7 +157,12 @@ async def _lab(
     workdir: Path, action_delay: float, tls: bool
 ) -> AsyncIterator[tuple[Simulator, list[DaemonNode]]]:
     async with contextlib.AsyncExitStack() as stack:
-        webs = [await stack.enter_async_context(stand_in_web(name)) for name in ("node1", "node2")]
+        webs: list[NginxWeb | StandInWeb] = []
+        for name in ("node1", "node2"):
+            if NginxWeb.available():  # Debian's nginx, as on a real droplet
+                webs.append(await stack.enter_async_context(nginx_web(name, workdir)))
+            else:
+                webs.append(await stack.enter_async_context(stand_in_web(name)))
         token = "lab-" + os.urandom(16).hex()
         scenario = SimScenario(
             tokens=(token,),
@@ -189,7 +197,8 @@ async def _lab(
             stack.push_async_callback(node.stop)
             await node.start()
             nodes.append(node)
-            print(f"{name}: droplet {node.droplet_id}, hafloatd pid {node.pid}, web {web.url}")
+            kind = "nginx" if isinstance(web, NginxWeb) else "stand-in web server"
+            print(f"{name}: droplet {node.droplet_id}, hafloatd pid {node.pid}, {kind} {web.url}")
         yield sim, nodes
 
 

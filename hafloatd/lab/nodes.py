@@ -219,9 +219,7 @@ def node_config(
     return config
 
 
-def make_node(
-    sim: Any, name: str, droplet_id: int, base: Path, **kwargs: Any
-) -> DaemonNode:
+def make_node(sim: Any, name: str, droplet_id: int, base: Path, **kwargs: Any) -> DaemonNode:
     workdir = base / name
     workdir.mkdir(parents=True, exist_ok=True)
     env = {
@@ -336,6 +334,95 @@ class StandInWeb:
 @contextlib.asynccontextmanager
 async def stand_in_web(name: str) -> AsyncIterator[StandInWeb]:
     server = StandInWeb(name)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+class NginxWeb:
+    """Debian's real nginx as a droplet's web server: one process in the foreground, its own
+    prefix, config and pid file, listening on a loopback port; stopped by its PID."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.prefix = workdir / f"nginx-{name}"
+        self.port = 0
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return os.access(NGINX, os.X_OK)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def backend(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(
+            "worker_processes 1;\n"
+            "error_log stderr warn;\n"
+            f"pid {self.prefix}/nginx.pid;\n"
+            "events { worker_connections 256; }\n"
+            "http {\n"
+            "  access_log off;\n"
+            f"  client_body_temp_path {self.prefix}/tmp;\n"
+            f"  proxy_temp_path {self.prefix}/tmp;\n"
+            f"  fastcgi_temp_path {self.prefix}/tmp;\n"
+            f"  uwsgi_temp_path {self.prefix}/tmp;\n"
+            f"  scgi_temp_path {self.prefix}/tmp;\n"
+            # Answered by nginx itself: its workers run as nobody and may not read the prefix.
+            f"  server {{ listen 127.0.0.1:{self.port};\n"
+            f"    location / {{ default_type text/plain; return 200 '{self.name}\\n'; }} }}\n"
+            "}\n"
+        )
+        self.proc = await asyncio.create_subprocess_exec(
+            NGINX, "-p", str(self.prefix), "-c", str(conf), "-g", "daemon off;",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await self._wait_listening()
+
+    async def _wait_listening(self, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while True:
+                assert self.proc is not None
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"nginx for {self.name} exited {self.proc.returncode}")
+                try:
+                    _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                except OSError:
+                    await asyncio.sleep(0.02)
+                    continue
+                writer.close()
+                return
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)  # fast shutdown; the test wants it gone
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def nginx_web(name: str, workdir: Path) -> AsyncIterator[NginxWeb]:
+    server = NginxWeb(name, workdir)
     await server.start()
     try:
         yield server

@@ -14,8 +14,10 @@ import pytest
 from hafloatd.lab.nodes import (
     AgentResult,
     DaemonNode,
+    NginxWeb,
     StandInWeb,
     make_node,
+    nginx_web,
     run_agent,
     stand_in_web,
 )
@@ -185,3 +187,24 @@ async def test_metrics_served_after_failover(node1: DaemonNode) -> None:
     assert resp.status == 200
     assert 'hafloatd_failovers_total{ip="203.0.113.10",outcome="moved"} 1.0' in text
     assert "test-token" not in text
+
+
+@pytest.mark.skipif(not NginxWeb.available(), reason="nginx (Debian nginx-light) not installed")
+async def test_monitor_fails_when_real_nginx_stops_and_recovers_when_it_returns(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    async with nginx_web("node1", tmp_path) as nginx:
+        simulator.set_backend(1001, nginx.backend)
+        node = make_node(simulator, "node1", 1001, tmp_path, health_url=nginx.url)
+        await node.start()
+        try:
+            assert (await agent(node, "start")).rc == OCF_SUCCESS
+            await wait_health(node, OCF_SUCCESS)
+            await nginx.stop()
+            await wait_health(node, OCF_ERR_GENERIC)
+            result = await agent(node, "monitor", interval_ms=10000)
+            assert "health" in result.exit_reason
+            await nginx.start()
+            await wait_health(node, OCF_SUCCESS)
+        finally:
+            await node.stop()

@@ -281,9 +281,13 @@ async def test_each_retry_is_logged_as_one_key_value_line(
     simulator.faults.server_errors(1, endpoint="get_reserved_ip")
     async with api_client(simulator) as api:
         await api.get_reserved_ip(IP_NYC, Deadline.after(5))
-    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=api_retry ")]
+    [line] = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("event=api_retry ")
+    ]
     assert "\n" not in line
-    assert line.startswith("event=api_retry endpoint=get_reserved_ip attempt=1 reason=server_error ")
+    assert line.startswith(
+        "event=api_retry endpoint=get_reserved_ip attempt=1 reason=server_error "
+    )
     fields = dict(part.split("=", 1) for part in shlex.split(line)[1:])
     assert int(fields["wait_ms"]) >= 100
     assert fields["detail"] == "500 server_error"
