@@ -248,21 +248,35 @@ class IpController:
             return meta
         return HolderView(None, None, now, "unknown")
 
-    def observe_metadata(self, holds: bool | None) -> None:
+    def observe_metadata(self, holds: bool | None, *, asked_at: float | None = None) -> None:
         """Feed one metadata poll result (True: the metadata says this IP is here)."""
-        now = time.monotonic()
+        asked_at = time.monotonic() if asked_at is None else asked_at
         if holds is None:
             return  # unknown never overrides; staleness takes care of long outages
+        if self.metadata_view is not None and asked_at < self.metadata_view.at:
+            return
         droplet_id = self.identity.droplet_id if holds else None
-        self.metadata_view = HolderView(holds, droplet_id, now, "metadata")
-        if self.api_view is not None and self.api_view.held_here != holds:
+        self.metadata_view = HolderView(holds, droplet_id, asked_at, "metadata")
+        if (
+            self.api_view is not None
+            and self.api_view.held_here != holds
+            and asked_at > self.api_view.at
+        ):
             self.request_recheck()
         self._export_holder()
 
-    def observe_api(self, droplet_id: int | None, *, source: str = "api") -> None:
+    def observe_api(
+        self, droplet_id: int | None, *, source: str = "api", asked_at: float | None = None
+    ) -> None:
+        """Feed an authoritative answer. ``asked_at`` is when the question was sent: an answer
+        to a question older than what we already know (a slow GET racing an action's
+        confirmation) is dropped rather than allowed to roll the truth back."""
+        asked_at = time.monotonic() if asked_at is None else asked_at
+        if self.api_view is not None and asked_at < self.api_view.at:
+            return
         held = droplet_id == self.identity.droplet_id
         previous = self.api_view.held_here if self.api_view else None
-        self.api_view = HolderView(held, droplet_id, time.monotonic(), source)
+        self.api_view = HolderView(held, droplet_id, asked_at, source)
         if previous is not None and previous != held:
             self.metrics.last_transition_timestamp_seconds.labels(ip=self.ip).set(time.time())
             log.info("event=holder_changed ip=%s holder=%s held_here=%s", self.ip, droplet_id, held)
@@ -270,13 +284,14 @@ class IpController:
 
     async def refresh_from_api(self, deadline: Deadline) -> None:
         """Authoritative holder check (slow cadence, after actions, on disagreement)."""
+        asked_at = time.monotonic()
         try:
             reserved = await self.api.get_reserved_ip(self.ip, deadline)
         except HafloatdError as exc:
             self.last_error = str(exc)
             log.warning("event=holder_check_failed ip=%s error=%s", self.ip, _one_line(exc))
             return
-        self.observe_api(reserved.droplet_id)
+        self.observe_api(reserved.droplet_id, asked_at=asked_at)
 
     def request_recheck(self) -> None:
         """Schedule one authoritative re-check, debounced; never blocks the caller."""

@@ -407,13 +407,16 @@ class Daemon:
         assert self.metadata is not None
         while True:
             interval = self.config.metadata.poll_interval
+            asked_at = time.monotonic()
             view = await self.metadata.reserved_ip(Deadline.after(self.config.metadata.timeout))
             for address, controller in list(self.controllers.items()):
-                if view.active is None:
-                    controller.observe_metadata(None)
-                else:
-                    controller.observe_metadata(bool(view.active) and view.ip_address == address)
-            await asyncio.sleep(interval)
+                holds: bool | None = None  # no answer, or "active" without an address
+                if view.active is False:
+                    holds = False
+                elif view.active and view.ip_address is not None:
+                    holds = view.ip_address == address
+                controller.observe_metadata(holds, asked_at=asked_at)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - asked_at)))
 
     async def _holder_check_loop(self) -> None:
         while True:
