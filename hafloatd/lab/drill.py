@@ -29,7 +29,6 @@ from hafloatd.lab.nodes import (
     StandInWeb,
     make_node,
     nginx_web,
-    run_agent,
     stand_in_web,
 )
 from hafloatd.lab.simulator import SimDroplet, SimReservedIp, SimScenario, Simulator
@@ -213,7 +212,7 @@ async def _drill(
     try:
         first = nodes[0]
         began = time.monotonic()
-        start = await run_agent("start", socket_path=first.socket_path, node=first.name)
+        start = await first.agent("start")
         if start.rc != 0:
             raise LabError(f"start on {first.name} failed (rc {start.rc}): {start.stderr.strip()}")
         await traffic.wait_for(first.name, began, timeout)
@@ -234,9 +233,9 @@ async def _failover(
     posts_before = len(sim.posts(RESERVED_IP))
     stop_at = time.monotonic()
     stop_wall = time.time()
-    stop = await run_agent("stop", socket_path=old.socket_path, node=old.name)
+    stop = await old.agent("stop")
     start_at = time.monotonic()
-    start = await run_agent("start", socket_path=new.socket_path, node=new.name)
+    start = await new.agent("start")
     start_done = time.monotonic()
     first_new = await traffic.wait_for(new.name, stop_at, timeout)
     last_old = traffic.last_answer_before(old.name, first_new) or stop_at

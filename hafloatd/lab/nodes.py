@@ -138,6 +138,11 @@ class DaemonNode:
         exited.cancel()
         ready.result()
 
+    async def agent(self, action: str, **kwargs: Any) -> AgentResult:
+        """Execute ``ocf/hafloat ACTION`` as Pacemaker would, against this node's daemon."""
+        kwargs.setdefault("node", self.name)
+        return await run_agent(action, socket_path=self.socket_path, **kwargs)
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
 

@@ -52,7 +52,8 @@ async def test_daemon_paths_never_block_the_loop(simulator: Simulator, tmp_path:
             finally:
                 await daemon.shutdown()
         assert simulator.holder(IP) == 1001
-        assert registry.get_sample_value(
-            "hafloatd_failovers_total", {"ip": IP, "outcome": "moved"}
-        ) == 1.0
+        assert (
+            registry.get_sample_value("hafloatd_failovers_total", {"ip": IP, "outcome": "moved"})
+            == 1.0
+        )
         assert registry.get_sample_value("hafloatd_role", {"ip": IP}) == 0.0

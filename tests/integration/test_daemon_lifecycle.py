@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,13 @@ import yaml
 
 from hafloatd.lab.nodes import (
     REPO,
-    AgentResult,
     DaemonNode,
     StandInWeb,
-    make_node,
-    run_agent,
-    stand_in_web,
 )
 from hafloatd.lab.simulator import Simulator
 
 IP = "203.0.113.10"
 OTHER_IP = "203.0.113.30"
-
-
-async def agent(daemon: DaemonNode, action: str, **kwargs: Any) -> AgentResult:
-    return await run_agent(action, socket_path=daemon.socket_path, **kwargs)
 
 
 async def status_json(daemon: DaemonNode) -> dict[str, Any]:
@@ -53,19 +44,8 @@ async def status_json(daemon: DaemonNode) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def web1() -> AsyncIterator[StandInWeb]:
-    async with stand_in_web("node1") as server:
-        yield server
-
-
-@pytest.fixture
-async def node1(
-    simulator: Simulator, tmp_path: Path, web1: StandInWeb
-) -> AsyncIterator[DaemonNode]:
-    simulator.set_backend(1001, web1.backend)
-    node = make_node(simulator, "node1", 1001, tmp_path, health_url=web1.url)
-    yield node
-    await node.stop()
+def node1(node1_configured: DaemonNode) -> DaemonNode:
+    return node1_configured
 
 
 async def test_ready_status_and_watchdog_pings_reach_notify_socket(node1: DaemonNode) -> None:
@@ -82,7 +62,7 @@ async def test_sighup_reload_applies_new_ips_and_rejects_bad_config(
 ) -> None:
     await node1.start()
     assert node1.notify is not None
-    validate = await agent(node1, "validate-all", ip=OTHER_IP)
+    validate = await node1.agent("validate-all", ip=OTHER_IP)
     assert validate.rc == 5
 
     good = dict(node1.config)
@@ -91,7 +71,7 @@ async def test_sighup_reload_applies_new_ips_and_rejects_bad_config(
     await node1.signal(signal.SIGHUP)
     await node1.notify.wait_for("RELOADING=1")
     await node1.notify.wait_for("READY=1")
-    assert (await agent(node1, "validate-all", ip=OTHER_IP)).rc == 0
+    assert (await node1.agent("validate-all", ip=OTHER_IP)).rc == 0
 
     bad = dict(good)
     bad["health"] = {**good["health"], "fall": -1}
@@ -102,15 +82,15 @@ async def test_sighup_reload_applies_new_ips_and_rejects_bad_config(
     assert "reload rejected" in status_line
     assert "health.fall" in node1.log()
     # The old (good) configuration is still in force and the daemon still serves.
-    assert (await agent(node1, "validate-all", ip=OTHER_IP)).rc == 0
-    assert (await agent(node1, "start")).rc == 0
+    assert (await node1.agent("validate-all", ip=OTHER_IP)).rc == 0
+    assert (await node1.agent("start")).rc == 0
 
 
 async def test_status_reports_role_holder_timeline_and_token_state(
     simulator: Simulator, node1: DaemonNode
 ) -> None:
     await node1.start()
-    assert (await agent(node1, "start")).rc == 0
+    assert (await node1.agent("start")).rc == 0
     status = await status_json(node1)
     assert status["droplet"]["id"] == 1001
     assert status["api"]["token_valid"] is True
@@ -151,7 +131,7 @@ async def test_health_failure_notifies_pacemaker_at_once(
     fake.chmod(0o755)
     node1.config["pacemaker"] = {"notify_failures": True, "crm_resource": str(fake)}
     await node1.start()
-    assert (await agent(node1, "start", resource="FloatIP", node="node1")).rc == 0
+    assert (await node1.agent("start", resource="FloatIP", node="node1")).rc == 0
     web1.status = 500
     async with asyncio.timeout(10):
         while not record.exists():
@@ -166,7 +146,7 @@ async def test_deadline_too_short_fails_start_within_it(
     await node1.start()
     loop = asyncio.get_running_loop()
     began = loop.time()
-    result = await agent(node1, "start", timeout_ms=1000)
+    result = await node1.agent("start", timeout_ms=1000)
     assert result.rc == 1
     assert "deadline" in result.exit_reason.lower() or "time" in result.exit_reason.lower()
     assert loop.time() - began < 1.5
@@ -177,7 +157,7 @@ async def test_bad_token_fails_start_with_permission_code(
 ) -> None:
     node1.env["HAFLOATD_DO_TOKEN"] = "wrong-token-value"
     await node1.start()
-    result = await agent(node1, "start")
+    result = await node1.agent("start")
     assert result.rc == 4
     assert "token" in result.exit_reason.lower()
     assert "wrong-token-value" not in result.stderr + node1.log()

@@ -6,20 +6,16 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from hafloatd.lab.nodes import (
-    AgentResult,
     DaemonNode,
     NginxWeb,
     StandInWeb,
     make_node,
     nginx_web,
-    run_agent,
-    stand_in_web,
 )
 from hafloatd.lab.simulator import Simulator
 
@@ -28,22 +24,9 @@ OCF_SUCCESS, OCF_ERR_GENERIC, OCF_ERR_INSTALLED, OCF_NOT_RUNNING = 0, 1, 5, 7
 
 
 @pytest.fixture
-async def web1() -> AsyncIterator[StandInWeb]:
-    async with stand_in_web("node1") as server:
-        yield server
-
-
-@pytest.fixture
-async def node1(
-    simulator: Simulator, tmp_path: Path, web1: StandInWeb
-) -> AsyncIterator[DaemonNode]:
-    simulator.set_backend(1001, web1.backend)
-    node = make_node(simulator, "node1", 1001, tmp_path, health_url=web1.url)
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+async def node1(node1_configured: DaemonNode) -> DaemonNode:
+    await node1_configured.start()
+    return node1_configured
 
 
 @pytest.fixture
@@ -56,38 +39,34 @@ async def node2(simulator: Simulator, tmp_path: Path) -> AsyncIterator[DaemonNod
         await node.stop()
 
 
-async def agent(daemon: DaemonNode, action: str, **kwargs: Any) -> AgentResult:
-    return await run_agent(action, socket_path=daemon.socket_path, **kwargs)
-
-
 async def wait_health(node: DaemonNode, expected_rc: int, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
-        while (await agent(node, "monitor", interval_ms=10000)).rc != expected_rc:
+        while (await node.agent("monitor", interval_ms=10000)).rc != expected_rc:
             await asyncio.sleep(0.05)
 
 
 async def test_start_assigns_confirms_and_monitor_reports_running(
     simulator: Simulator, node1: DaemonNode
 ) -> None:
-    assert (await agent(node1, "monitor", interval_ms=0)).rc == OCF_NOT_RUNNING
-    result = await agent(node1, "start")
+    assert (await node1.agent("monitor", interval_ms=0)).rc == OCF_NOT_RUNNING
+    result = await node1.agent("start")
     assert result.rc == OCF_SUCCESS, result.stderr
     assert simulator.holder(IP) == 1001
     assert len(simulator.posts(IP)) == 1
-    monitor = await agent(node1, "monitor", interval_ms=10000)
+    monitor = await node1.agent("monitor", interval_ms=10000)
     assert monitor.rc == OCF_SUCCESS, monitor.stderr
 
 
 async def test_start_is_idempotent_when_ip_already_held(
     simulator: Simulator, node1: DaemonNode
 ) -> None:
-    assert (await agent(node1, "start")).rc == OCF_SUCCESS
-    assert (await agent(node1, "start")).rc == OCF_SUCCESS
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
     assert len(simulator.posts(IP)) == 1
 
 
 async def test_concurrent_starts_send_one_post(simulator: Simulator, node1: DaemonNode) -> None:
-    results = await asyncio.gather(*(agent(node1, "start") for _ in range(5)))
+    results = await asyncio.gather(*(node1.agent("start") for _ in range(5)))
     assert [r.rc for r in results] == [OCF_SUCCESS] * 5
     assert len(simulator.posts(IP)) == 1
 
@@ -95,23 +74,23 @@ async def test_concurrent_starts_send_one_post(simulator: Simulator, node1: Daem
 async def test_failover_moves_ip_to_second_node_with_one_post(
     simulator: Simulator, node1: DaemonNode, node2: DaemonNode
 ) -> None:
-    assert (await agent(node1, "start")).rc == OCF_SUCCESS
-    assert (await agent(node1, "stop")).rc == OCF_SUCCESS
-    assert (await agent(node1, "monitor", interval_ms=10000)).rc == OCF_NOT_RUNNING
-    result = await agent(node2, "start", node="node2")
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
+    assert (await node1.agent("stop")).rc == OCF_SUCCESS
+    assert (await node1.agent("monitor", interval_ms=10000)).rc == OCF_NOT_RUNNING
+    result = await node2.agent("start", node="node2")
     assert result.rc == OCF_SUCCESS, result.stderr
     assert simulator.holder(IP) == 1002
     assert len(simulator.posts(IP)) == 2
-    assert (await agent(node2, "monitor", interval_ms=10000)).rc == OCF_SUCCESS
+    assert (await node2.agent("monitor", interval_ms=10000)).rc == OCF_SUCCESS
 
 
 async def test_monitor_fails_when_ip_taken_by_other_droplet(
     simulator: Simulator, node1: DaemonNode
 ) -> None:
-    assert (await agent(node1, "start")).rc == OCF_SUCCESS
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
     simulator.force_holder(IP, 1002)
     async with asyncio.timeout(10):
-        while (result := await agent(node1, "monitor", interval_ms=10000)).rc == OCF_SUCCESS:
+        while (result := await node1.agent("monitor", interval_ms=10000)).rc == OCF_SUCCESS:
             await asyncio.sleep(0.05)
     assert result.rc == OCF_ERR_GENERIC
     assert "1002" in result.exit_reason or "not this droplet" in result.exit_reason
@@ -120,11 +99,11 @@ async def test_monitor_fails_when_ip_taken_by_other_droplet(
 async def test_monitor_fails_when_health_falls_and_recovers_on_rise(
     node1: DaemonNode, web1: StandInWeb
 ) -> None:
-    assert (await agent(node1, "start")).rc == OCF_SUCCESS
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
     await wait_health(node1, OCF_SUCCESS)
     web1.status = 503
     await wait_health(node1, OCF_ERR_GENERIC)
-    result = await agent(node1, "monitor", interval_ms=10000)
+    result = await node1.agent("monitor", interval_ms=10000)
     assert "health" in result.exit_reason
     web1.status = 200
     await wait_health(node1, OCF_SUCCESS)
@@ -133,28 +112,28 @@ async def test_monitor_fails_when_health_falls_and_recovers_on_rise(
 async def test_probe_of_unknown_ip_is_not_running_and_validate_is_not_installed(
     node1: DaemonNode,
 ) -> None:
-    assert (await agent(node1, "monitor", ip="203.0.113.99")).rc == OCF_NOT_RUNNING
-    result = await agent(node1, "validate-all", ip="203.0.113.99")
+    assert (await node1.agent("monitor", ip="203.0.113.99")).rc == OCF_NOT_RUNNING
+    result = await node1.agent("validate-all", ip="203.0.113.99")
     assert result.rc == OCF_ERR_INSTALLED
     assert "203.0.113.99" in result.exit_reason
-    assert (await agent(node1, "validate-all")).rc == OCF_SUCCESS
+    assert (await node1.agent("validate-all")).rc == OCF_SUCCESS
 
 
 async def test_role_survives_daemon_restart(simulator: Simulator, node1: DaemonNode) -> None:
-    assert (await agent(node1, "start")).rc == OCF_SUCCESS
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
     assert await node1.stop() == 0
     await node1.start()
-    assert (await agent(node1, "monitor", interval_ms=0)).rc == OCF_SUCCESS
+    assert (await node1.agent("monitor", interval_ms=0)).rc == OCF_SUCCESS
     assert len(simulator.posts(IP)) == 1
 
 
 async def test_daemon_down_outcomes(node1: DaemonNode) -> None:
     await node1.stop()
-    assert (await agent(node1, "monitor", interval_ms=0)).rc == OCF_NOT_RUNNING
-    assert (await agent(node1, "stop")).rc == OCF_SUCCESS
-    monitor = await agent(node1, "monitor", interval_ms=10000)
+    assert (await node1.agent("monitor", interval_ms=0)).rc == OCF_NOT_RUNNING
+    assert (await node1.agent("stop")).rc == OCF_SUCCESS
+    monitor = await node1.agent("monitor", interval_ms=10000)
     assert monitor.rc == OCF_ERR_GENERIC
-    start = await agent(node1, "start")
+    start = await node1.agent("start")
     assert start.rc == OCF_ERR_GENERIC
     assert "unreachable" in start.exit_reason
 
@@ -165,14 +144,14 @@ async def test_api_down_start_fails_within_deadline(
     simulator.faults.server_errors(None, endpoint="post_action,get_reserved_ip", status=503)
     loop = asyncio.get_running_loop()
     began = loop.time()
-    result = await agent(node1, "start", timeout_ms=3000)
+    result = await node1.agent("start", timeout_ms=3000)
     assert result.rc == OCF_ERR_GENERIC
     assert loop.time() - began < 3.0
     assert result.exit_reason
 
 
 async def test_sigterm_stops_daemon_cleanly_and_token_never_logged(node1: DaemonNode) -> None:
-    assert (await agent(node1, "start")).rc == OCF_SUCCESS
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
     assert node1.notify is not None
     await node1.signal(signal.SIGTERM)
     await node1.notify.wait_for("STOPPING=1")
@@ -181,7 +160,7 @@ async def test_sigterm_stops_daemon_cleanly_and_token_never_logged(node1: Daemon
 
 
 async def test_metrics_served_after_failover(node1: DaemonNode) -> None:
-    assert (await agent(node1, "start")).rc == OCF_SUCCESS
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
     async with aiohttp.ClientSession() as session, session.get(node1.metrics_url) as resp:
         text = await resp.text()
     assert resp.status == 200
@@ -198,11 +177,11 @@ async def test_monitor_fails_when_real_nginx_stops_and_recovers_when_it_returns(
         node = make_node(simulator, "node1", 1001, tmp_path, health_url=nginx.url)
         await node.start()
         try:
-            assert (await agent(node, "start")).rc == OCF_SUCCESS
+            assert (await node.agent("start")).rc == OCF_SUCCESS
             await wait_health(node, OCF_SUCCESS)
             await nginx.stop()
             await wait_health(node, OCF_ERR_GENERIC)
-            result = await agent(node, "monitor", interval_ms=10000)
+            result = await node.agent("monitor", interval_ms=10000)
             assert "health" in result.exit_reason
             await nginx.start()
             await wait_health(node, OCF_SUCCESS)

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hafloatd.lab.nodes import DaemonNode, make_node, run_agent
+from hafloatd.lab.nodes import DaemonNode, make_node
 from hafloatd.lab.simulator import Simulator
 
 IP = "203.0.113.10"
@@ -79,9 +79,9 @@ async def test_promtool_finds_nothing_on_scrape_after_failover(
     await node1.start()
     await node2.start()
     try:
-        assert (await run_agent("start", socket_path=node1.socket_path)).rc == 0
-        assert (await run_agent("stop", socket_path=node1.socket_path)).rc == 0
-        assert (await run_agent("start", socket_path=node2.socket_path, node="node2")).rc == 0
+        assert (await node1.agent("start")).rc == 0
+        assert (await node1.agent("stop")).rc == 0
+        assert (await node2.agent("start")).rc == 0
         async with aiohttp.ClientSession() as session, session.get(node2.metrics_url) as resp:
             scrape = await resp.text()
     finally:
