@@ -385,7 +385,7 @@ async def workload(spec: dict[str, Any]) -> dict[str, Any]:
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=client_tls), timeout=timeout
     ) as session:
-        async with session.get(f"https://localhost:{tls_port}/") as response:
+        async with session.get(f"https://127.0.0.1:{tls_port}/") as response:
             out["https_get"] = response.status
         async with session.get(f"http://127.0.0.1:{plain_port}/") as response:
             out["metrics_get"] = response.status
@@ -437,7 +437,7 @@ async def workload(spec: dict[str, Any]) -> dict[str, Any]:
     await hup.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     out["sighup"] = True
-    out["getaddrinfo"] = bool(await loop.getaddrinfo("localhost", 443, type=socket.SOCK_STREAM))
+    out["getaddrinfo"] = bool(await loop.getaddrinfo("127.0.0.1", 443, type=socket.SOCK_STREAM))
     out["to_thread"] = await asyncio.to_thread(lambda: 42)
     out["yaml"] = yaml.load("ips: ['203.0.113.10']\n", Loader=yaml.CSafeLoader)
 
