@@ -291,6 +291,11 @@ class IpController:
             self.last_error = str(exc)
             log.warning("event=holder_check_failed ip=%s error=%s", self.ip, _one_line(exc))
             return
+        if reserved.locked:
+            # An action is moving the IP: its holder is in flux. Keep what we know; the end of
+            # the action (or the next check) settles it.
+            log.debug("event=holder_check_locked ip=%s holder=%s", self.ip, reserved.droplet_id)
+            return
         self.observe_api(reserved.droplet_id, asked_at=asked_at)
 
     def request_recheck(self) -> None:

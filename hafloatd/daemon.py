@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -330,8 +331,17 @@ class Daemon:
             needs_restart.append("control.socket_path")
         if needs_restart:
             log.warning(
-                "event=reload_partial needs_restart=%s hint='systemctl restart hafloatd'",
+                "event=reload_partial kept_old=%s hint='systemctl restart hafloatd to apply'",
                 ",".join(needs_restart),
+            )
+            # Keep what is really in force, so `status` never shows settings not applied.
+            new = dataclasses.replace(
+                new,
+                api=old.api,
+                metadata=old.metadata,
+                metrics=old.metrics,
+                state_dir=old.state_dir,
+                control=dataclasses.replace(new.control, socket_path=old.control.socket_path),
             )
         setup_logging(new.logging.level)
         await self._apply_health(old.health, new.health)

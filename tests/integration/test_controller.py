@@ -253,3 +253,22 @@ async def test_holder_unknown_when_both_sources_are_stale(
     result = controller.monitor()
     assert result.ocf == 1
     assert "cannot confirm" in result.reason
+
+
+async def test_holder_check_while_locked_keeps_the_confirmed_view(
+    simulator: Simulator, make_controller: MakeController
+) -> None:
+    controller = await make_controller(simulator)
+    assert (await controller.start(Deadline.after(5))).ok
+    simulator.faults.stuck_actions(1)
+    other = await make_controller(simulator, droplet_id=1002)
+    moving = asyncio.create_task(other.start(Deadline.after(10)))
+    async with asyncio.timeout(5):
+        while not simulator.locked(IP):
+            await asyncio.sleep(0.01)
+    await controller.refresh_from_api(Deadline.after(2))
+    assert controller.monitor().ocf == 0  # in flux: not declared "elsewhere" yet
+    simulator.finish_stuck_actions()
+    assert (await moving).ok
+    await controller.refresh_from_api(Deadline.after(2))
+    assert controller.monitor().ocf == 1

@@ -67,11 +67,13 @@ async def test_sighup_reload_applies_new_ips_and_rejects_bad_config(
 
     good = dict(node1.config)
     good["ips"] = [{"address": IP}, {"address": OTHER_IP, "on_stop": "unassign"}]
+    good["api"] = {**good["api"], "request_timeout": "3s"}  # needs a restart: kept, said so
     node1.write_config(good)
     await node1.signal(signal.SIGHUP)
     await node1.notify.wait_for("RELOADING=1")
     await node1.notify.wait_for("READY=1")
     assert (await node1.agent("validate-all", ip=OTHER_IP)).rc == 0
+    assert "event=reload_partial kept_old=api" in node1.log()
 
     bad = dict(good)
     bad["health"] = {**good["health"], "fall": -1}
