@@ -420,12 +420,16 @@ class IpController:
         self, deadline: Deadline, timeline: FailoverTimeline, received_mono: float
     ) -> OpResult:
         my_id = self.identity.droplet_id
-        if not self._confirmed_here_now() and self._needs_lookup_before_assign():
-            # GET first when the cached view is stale or hints the IP is already here: an
-            # idempotent start must not POST. A fresh "held elsewhere" goes straight to POST.
+        # A repeated start of a started resource whose IP is known to be here: success at once.
+        already = self.role is Role.STARTED and self._confirmed_here_now()
+        if not already and self._needs_lookup_before_assign():
+            # Otherwise only the API may say "already here" (a cached view can be a few polls
+            # behind a move away); a fresh "held elsewhere" goes straight to the POST, and a
+            # stale one is harmless: the POST's 422 "already assigned" is checked by a GET.
             reserved = await self.api.get_reserved_ip(self.ip, deadline)
             self.observe_api(reserved.droplet_id)
-        if self._confirmed_here_now():
+            already = self._confirmed_here_now()
+        if already:
             timeline.outcome = "already_held"
             await self._set_role(Role.STARTED)
             self.metrics.failovers_total.labels(ip=self.ip, outcome="already_held").inc()
@@ -468,11 +472,13 @@ class IpController:
         return OpResult(OCF_SUCCESS, "", {"timeline": timeline.as_dict()})
 
     def _needs_lookup_before_assign(self) -> bool:
+        """POST without a GET only on a fresh API answer "elsewhere" that metadata does not
+        contradict: the usual failover, where the survivor's view was kept fresh."""
         api = self.api_view
         if api is None or time.monotonic() - api.at > 1.5 * self.api_config.holder_check_interval:
             return True
         meta = self.metadata_view
-        return meta is not None and meta.held_here is True and meta.at > api.at
+        return api.held_here is not False or (meta is not None and meta.held_here is True)
 
     def _confirmed_here_now(self) -> bool:
         """Already held here per a fresh API answer that fresh metadata does not contradict."""

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds the simulated DigitalOcean takes to complete an assign (default 1.0)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=1, help="failovers to drill, alternating nodes (default 1)"
+        "--rounds", type=int, default=2, help="failovers to drill, alternating nodes (default 2)"
     )
     parser.add_argument("--tls", action="store_true", help="serve the simulated API over TLS")
     parser.add_argument(

@@ -272,3 +272,21 @@ async def test_holder_check_while_locked_keeps_the_confirmed_view(
     assert (await moving).ok
     await controller.refresh_from_api(Deadline.after(2))
     assert controller.monitor().ocf == 1
+
+
+async def test_start_after_the_ip_moved_away_unseen_moves_it_back(
+    simulator: Simulator, make_controller: MakeController
+) -> None:
+    """A cached "held here" a few polls behind a move away must not make start a no-op."""
+    node1 = await make_controller(simulator)
+    node2 = await make_controller(simulator, droplet_id=1002)
+    assert (await node1.start(Deadline.after(5))).ok
+    assert (await node1.stop(Deadline.after(5))).ok
+    assert (await node2.start(Deadline.after(5))).ok
+    assert (await node2.stop(Deadline.after(5))).ok
+    # node1 has seen nothing since (no metadata poll, no holder check): its view is stale.
+    result = await node1.start(Deadline.after(5))
+    assert result.ok
+    assert result.data["timeline"]["outcome"] == "moved"  # type: ignore[index]
+    assert simulator.holder(IP) == 1001
+    assert len(simulator.posts(IP)) == 3
