@@ -35,7 +35,7 @@ from hafloatd.lab.simulator import SimDroplet, SimReservedIp, SimScenario, Simul
 
 RESERVED_IP = "203.0.113.10"
 POLL_INTERVAL_S = 0.05
-PHASES = ("post_sent", "api_accepted", "action_completed", "holder_confirmed")
+PHASES = ("received", "post_sent", "api_accepted", "action_completed", "holder_confirmed")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,6 +297,7 @@ def _print_report(results: list[dict[str, Any]], action_delay: float, kept: Path
         print(f"failover {number}: {route}  (ms after `stop` was exec'd)")
         rows = [
             ("stop exited / start exec'd", ms["start_exec"]),
+            ("start request received by hafloatd", ms["received"]),
             ("POST sent", ms["post_sent"]),
             ("API accepted (201)", ms["api_accepted"]),
             (f"action completed (confirmed by {result['confirmed_by']})", ms["action_completed"]),
