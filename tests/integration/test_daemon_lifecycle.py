@@ -182,3 +182,45 @@ async def test_check_config_accepts_lab_config(node1: DaemonNode) -> None:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, out.decode()
+
+
+async def run_daemon_expecting_exit(node: DaemonNode) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hafloatd.cli", "run", "--config", str(node.config_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=node.env,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_invalid_config_exits_78_naming_the_key(node1: DaemonNode) -> None:
+    node1.config["health"] = {**node1.config["health"], "rise": 0}
+    node1.write_config()
+    rc, out = await run_daemon_expecting_exit(node1)
+    assert rc == 78  # EX_CONFIG: RestartPreventExitStatus keeps systemd from looping
+    assert "health.rise" in out
+
+
+async def test_group_readable_token_file_is_refused_with_the_chmod_to_run(
+    node1: DaemonNode, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "do-token"
+    token_file.write_text("test-token\n")
+    token_file.chmod(0o640)
+    node1.config["api"] = {
+        **node1.config["api"],
+        "token_source": "file",
+        "token_file": str(token_file),
+    }
+    node1.env.pop("HAFLOATD_DO_TOKEN")
+    node1.write_config()
+    rc, out = await run_daemon_expecting_exit(node1)
+    assert rc == 78
+    assert f"chmod 600 {token_file}" in out
+    assert "test-token" not in out
