@@ -25,8 +25,8 @@ from typing import Any
 
 from hafloatd.lab.nodes import (
     DaemonNode,
+    LoopbackWeb,
     NginxWeb,
-    StandInWeb,
     make_node,
     nginx_web,
     stand_in_web,
@@ -156,7 +156,7 @@ async def _lab(
     workdir: Path, action_delay: float, tls: bool
 ) -> AsyncIterator[tuple[Simulator, list[DaemonNode]]]:
     async with contextlib.AsyncExitStack() as stack:
-        webs: list[NginxWeb | StandInWeb] = []
+        webs: list[LoopbackWeb] = []
         for name in ("node1", "node2"):
             if NginxWeb.available():  # Debian's nginx, as on a real droplet
                 webs.append(await stack.enter_async_context(nginx_web(name, workdir)))

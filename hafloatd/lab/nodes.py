@@ -302,14 +302,10 @@ async def run_agent(
     return AgentResult(proc.returncode, out.decode(), err.decode(), time.monotonic() - began)
 
 
-class StandInWeb:
-    """A real HTTP server standing in for nginx; its answers can be switched by the test."""
+class LoopbackWeb:
+    """A droplet's web server on a loopback port: what the probe checks, what the proxy serves."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.status = 200
-        self.runner: web.AppRunner | None = None
-        self.port = 0
+    port: int
 
     @property
     def url(self) -> str:
@@ -318,6 +314,16 @@ class StandInWeb:
     @property
     def backend(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+class StandInWeb(LoopbackWeb):
+    """A real HTTP server standing in for nginx; its answers can be switched by the test."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.status = 200
+        self.runner: web.AppRunner | None = None
+        self.port = 0
 
     async def _handle(self, _request: web.Request) -> web.Response:
         return web.Response(status=self.status, text=f"{self.name}\n")
@@ -349,7 +355,7 @@ async def stand_in_web(name: str) -> AsyncIterator[StandInWeb]:
 NGINX = "/usr/sbin/nginx"
 
 
-class NginxWeb:
+class NginxWeb(LoopbackWeb):
     """Debian's real nginx as a droplet's web server: one process in the foreground, its own
     prefix, config and pid file, listening on a loopback port; stopped by its PID."""
 
@@ -362,14 +368,6 @@ class NginxWeb:
     @staticmethod
     def available() -> bool:
         return os.access(NGINX, os.X_OK)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    @property
-    def backend(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
