@@ -187,3 +187,21 @@ async def test_monitor_fails_when_real_nginx_stops_and_recovers_when_it_returns(
             await wait_health(node, OCF_SUCCESS)
         finally:
             await node.stop()
+
+
+async def test_start_over_tls_posts_on_the_connection_warmed_at_startup(
+    tls_simulator: Simulator, tmp_path: Path
+) -> None:
+    node = make_node(tls_simulator, "node1", 1001, tmp_path)
+    await node.start()
+    try:
+        async with asyncio.timeout(10):  # the startup holder check opened (and warmed) it
+            while not tls_simulator.requests("get_reserved_ip", ip=IP):
+                await asyncio.sleep(0.02)
+        assert (await node.agent("start")).rc == OCF_SUCCESS
+    finally:
+        await node.stop()
+    (warm_up, *_) = tls_simulator.requests("get_reserved_ip", ip=IP)
+    (post,) = tls_simulator.posts(IP)
+    assert post.connection_id == warm_up.connection_id  # no new TCP or TLS handshake
+    assert tls_simulator.holder(IP) == 1001
