@@ -420,12 +420,7 @@ class Daemon:
             asked_at = time.monotonic()
             view = await self.metadata.reserved_ip(Deadline.after(self.config.metadata.timeout))
             for address, controller in list(self.controllers.items()):
-                holds: bool | None = None  # no answer, or "active" without an address
-                if view.active is False:
-                    holds = False
-                elif view.active and view.ip_address is not None:
-                    holds = view.ip_address == address
-                controller.observe_metadata(holds, asked_at=asked_at)
+                controller.observe_metadata(view.holds(address), asked_at=asked_at)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - asked_at)))
 
     async def _holder_check_loop(self) -> None:

@@ -53,6 +53,17 @@ class ReservedIpView:
     active: bool | None
     ip_address: str | None
 
+    def holds(self, ip: str) -> bool | None:
+        """True only if active and pointing at ``ip``; False if inactive or another IP;
+        None when unknown (no answer, or "active" without an address)."""
+        if self.active is None:
+            return None
+        if not self.active:
+            return False
+        if self.ip_address is None:
+            return None
+        return self.ip_address == ip
+
 
 class _NotFound(Exception):
     """The service answered 404: the key does not exist for this droplet."""
@@ -208,14 +219,7 @@ class MetadataClient:
     async def holds(self, ip: str, deadline: Deadline) -> bool | None:
         """True only if active and pointing at ``ip``; False if inactive or another IP;
         None when unknown (failure, timeout, empty or garbled answer)."""
-        view = await self.reserved_ip(deadline)
-        if view.active is None:
-            return None
-        if not view.active:
-            return False
-        if view.ip_address is None:
-            return None
-        return view.ip_address == ip
+        return (await self.reserved_ip(deadline)).holds(ip)
 
     # -- HTTP --------------------------------------------------------------------------------
 
