@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -137,11 +136,16 @@ async def test_tls_with_the_simulator_ca_works(tls_simulator: Simulator) -> None
 
 
 async def test_tls_verification_stays_on_without_the_ca(tls_simulator: Simulator) -> None:
-    started = time.monotonic()
-    async with api_client(tls_simulator, ca_file=None) as api:
+    metrics = Metrics(CollectorRegistry())
+    async with api_client(tls_simulator, ca_file=None, metrics=metrics) as api:
         with pytest.raises(ApiError) as info:
             await api.get_reserved_ip(IP_NYC, Deadline.after(5))
-    assert time.monotonic() - started < 2.0  # a verification failure is not retried
+    # A verification failure is final: one attempt, no retry.
+    labels = {"endpoint": "get_reserved_ip"}
+    assert sample(metrics, "hafloatd_api_requests_total", code="0", **labels) == 1
+    retry_reasons = ("timeout", "connection_error", "server_error", "rate_limited")
+    for reason in retry_reasons:
+        assert sample(metrics, "hafloatd_api_retries_total", reason=reason, **labels) == 0
     message = str(info.value)
     assert "TLS certificate verification failed" in message
     assert "api.ca_file" in message
