@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hafloatd.control_client import request_sync
+from hafloatd.control.client import request_sync
 from hafloatd.errors import ControlError
 
 DEFAULT_SOCKET = "/run/hafloatd/control.sock"

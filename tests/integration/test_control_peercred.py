@@ -21,7 +21,7 @@ import pytest
 import uvloop
 
 from hafloatd.config import ControlConfig
-from hafloatd.control import ControlServer
+from hafloatd.control.server import ControlServer
 from hafloatd.metrics import Metrics
 from tests.integration.test_control_support import (  # noqa: F401  (fixtures)
     WAIT_S,
@@ -69,7 +69,7 @@ print(state)
 # The project's own client, to check the message an operator sees.
 HAFLOATD_CLIENT = r"""
 import sys
-from hafloatd.control_client import request_sync
+from hafloatd.control.client import request_sync
 from hafloatd.errors import ControlError
 try:
     print(request_sync(sys.argv[1], {"op": "status"}, 5.0))

@@ -19,7 +19,8 @@ from blockbuster import blockbuster_ctx
 from prometheus_client import CollectorRegistry
 
 from hafloatd.config import ControlConfig
-from hafloatd.control import ControlReply, ControlRequest, ControlServer
+from hafloatd.control.protocol import ControlReply, ControlRequest
+from hafloatd.control.server import ControlServer
 from hafloatd.metrics import Metrics
 
 WAIT_S = 5.0
