@@ -21,7 +21,8 @@ from typing import Any
 
 from hafloatd import __version__
 from hafloatd.config import DEFAULT_PATH, Config, HealthConfig, IpConfig, load_config
-from hafloatd.control import ControlReply, ControlRequest, ControlServer
+from hafloatd.control.protocol import ControlReply, ControlRequest
+from hafloatd.control.server import ControlServer
 from hafloatd.controller import IpController, OpResult, RoleStore
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import DoApiClient
@@ -251,11 +252,11 @@ class Daemon:
     async def handle(self, request: ControlRequest) -> ControlReply:
         """The control protocol's dispatcher (DESIGN §7)."""
         if request.op == "status":
-            return ControlReply(True, OCF_SUCCESS, "", self.status())
+            return ControlReply(OCF_SUCCESS, "", self.status())
         controller = self.controllers.get(request.ip or "")
         if controller is None:
             return self._unknown_ip_reply(request)
-        deadline = Deadline.after(max(0.0, request.deadline_ms / 1000 - REPLY_MARGIN_S))
+        deadline = request.deadline(margin_s=REPLY_MARGIN_S)  # anchored at receipt
         result: OpResult
         if request.op == "start":
             result = await controller.start(deadline, resource=request.resource, node=request.node)
@@ -265,7 +266,7 @@ class Daemon:
             result = controller.monitor(probe=request.probe)
         else:  # validate
             result = OpResult(OCF_SUCCESS, "", {"droplet_id": controller.identity.droplet_id})
-        return ControlReply(result.ok, result.ocf, result.reason, result.data)
+        return ControlReply(result.ocf, result.reason, result.data)
 
     def _unknown_ip_reply(self, request: ControlRequest) -> ControlReply:
         known = ", ".join(self.controllers) or "none"
@@ -274,10 +275,10 @@ class Daemon:
             "under ips: and reload (systemctl reload hafloatd)"
         )
         if request.op == "stop":
-            return ControlReply(True, OCF_SUCCESS, reason)
+            return ControlReply(OCF_SUCCESS, reason)
         if request.op == "monitor" and request.probe:
-            return ControlReply(False, OCF_NOT_RUNNING, reason)
-        return ControlReply(False, OCF_ERR_INSTALLED, reason)
+            return ControlReply(OCF_NOT_RUNNING, reason)
+        return ControlReply(OCF_ERR_INSTALLED, reason)
 
     def status(self) -> dict[str, object]:
         api = self.api

@@ -5,7 +5,8 @@ the role, the daemon fails the resource immediately so failover does not wait fo
 recurring monitor. The command runs without a shell, with a bounded timeout, killed on
 timeout, its stderr folded into one log line. Resource and node names come from the OCF
 environment through control requests, so they are checked against Pacemaker's id syntax
-before they reach an argv (no option injection: nothing may start with ``-``).
+(``hafloatd.control.protocol``, on receipt and again here) before they reach an argv (no
+option injection: nothing may start with ``-``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping
 
 from hafloatd.config import TOKEN_ENV_VAR, PacemakerConfig
+from hafloatd.control.protocol import is_valid_node_name, is_valid_resource_id
 from hafloatd.metrics import Metrics
 
 log = logging.getLogger("hafloatd.pacemaker")
@@ -28,23 +29,6 @@ DEFAULT_TIMEOUT_S = 10.0
 # After SIGKILL the process is gone within milliseconds; this only bounds a pathological wait.
 _REAP_TIMEOUT_S = 2.0
 _STDERR_LOG_CHARS = 500
-_NAME_MAX = 255
-
-# A resource id is an XML ID (NCName); a clone instance adds ":N" (OCF_RESOURCE_INSTANCE).
-_RESOURCE_ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*(?::[0-9]+)?")
-# Node names are host names or corosync ``name:`` entries: they may start with a digit,
-# never with "-" (it would be read as an option).
-_NODE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-def is_valid_resource_id(name: str) -> bool:
-    """True when ``name`` is a Pacemaker resource id (optionally with a clone suffix)."""
-    return len(name) <= _NAME_MAX and _RESOURCE_ID_RE.fullmatch(name) is not None
-
-
-def is_valid_node_name(name: str) -> bool:
-    """True when ``name`` is a plausible Pacemaker node name (host-name characters)."""
-    return len(name) <= _NAME_MAX and _NODE_NAME_RE.fullmatch(name) is not None
 
 
 class PacemakerNotifier:

@@ -1,18 +1,24 @@
-"""``hafloatd status``: the daemon's state per reserved IP, as a table or JSON."""
+"""``hafloatd status``: the daemon's state per reserved IP, as a table or JSON.
+
+Exits 0 when the daemon answered with its state. When it cannot be reached, or answers with
+a refusal (this user is not allowed, too many connections, shutting down), it prints one line
+on stderr saying why and what to do, and exits 1; ``--json`` still prints the reply.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hafloatd.control_client import request_sync
-from hafloatd.errors import ControlError
+from hafloatd.control.client import DEFAULT_SOCKET, request_sync
+from hafloatd.errors import OCF_ERR_PERM, ControlError
 
-DEFAULT_SOCKET = "/run/hafloatd/control.sock"
 PHASES = ("received", "post_sent", "api_accepted", "action_completed", "holder_confirmed")
 
 
@@ -32,9 +38,28 @@ def main(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
-    else:
+    if reply.get("ok") is not True:
+        print(f"hafloatd status: {refusal(reply, args.socket)}", file=sys.stderr)
+        return 1
+    if not args.json:
         print(render(reply))
-    return 0 if reply.get("ok") else 1
+    return 0
+
+
+def refusal(reply: Mapping[str, Any], socket_path: str) -> str:
+    """One line for a reply that is not the daemon's state: why, and what to do about it."""
+    reason = " ".join(str(reply.get("reason") or "no reason given").split())
+    if reply.get("ocf") == OCF_ERR_PERM:
+        uid = os.geteuid()
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = str(uid)
+        return (
+            f"hafloatd on {socket_path} refused user {name} (uid {uid}): {reason}; run as root, "
+            f"or add {name} to control.allowed_users and reload (systemctl reload hafloatd)"
+        )
+    return f"hafloatd on {socket_path} did not give its status (ocf {reply.get('ocf')}): {reason}"
 
 
 def render(status: Mapping[str, Any]) -> str:

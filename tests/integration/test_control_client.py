@@ -1,4 +1,4 @@
-"""control_client against a real ControlServer and against misbehaving stand-ins."""
+"""hafloatd.control.client against a real ControlServer and against misbehaving stand-ins."""
 
 # ruff: noqa: F811  (fixtures imported from test_control_support are test parameters)
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hafloatd.control_client import ControlConnection, request, request_sync
+from hafloatd.control.client import ControlConnection, request, request_sync
 from hafloatd.errors import ControlError
 from tests.integration.test_control_support import (  # noqa: F401  (fixtures)
     WAIT_S,

@@ -21,7 +21,7 @@ import pytest
 import uvloop
 
 from hafloatd.config import ControlConfig
-from hafloatd.control import ControlServer
+from hafloatd.control.server import ControlServer
 from hafloatd.metrics import Metrics
 from tests.integration.test_control_support import (  # noqa: F401  (fixtures)
     WAIT_S,
@@ -39,6 +39,7 @@ from tests.integration.test_control_support import (  # noqa: F401  (fixtures)
 pytestmark = pytest.mark.needs_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HAFLOATD = str(Path(sys.executable).with_name("hafloatd"))  # the installed console script
 
 # Stdlib only, like the OCF agent: connect, send one request, print the reply line.
 RAW_CLIENT = r"""
@@ -69,7 +70,7 @@ print(state)
 # The project's own client, to check the message an operator sees.
 HAFLOATD_CLIENT = r"""
 import sys
-from hafloatd.control_client import request_sync
+from hafloatd.control.client import request_sync
 from hafloatd.errors import ControlError
 try:
     print(request_sync(sys.argv[1], {"op": "status"}, 5.0))
@@ -93,14 +94,14 @@ async def open_parent(short_dir: Path) -> None:
     await asyncio.to_thread(os.chmod, short_dir, 0o711)
 
 
-async def run_as(user: str, *argv: str) -> list[str]:
-    """Run a process as ``user``; return its stdout lines.
+async def spawn_as(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run a process as ``user`` to completion.
 
     subprocess.run in a worker thread: uvloop's subprocess API has no user/group switch.
     Its timeout kills the child (by its PID) and reaps it.
     """
     account = pwd.getpwnam(user)
-    completed = await asyncio.to_thread(
+    return await asyncio.to_thread(
         subprocess.run,
         argv,
         # user= alone only changes the uid: drop root's gid and groups too, like su would.
@@ -109,13 +110,19 @@ async def run_as(user: str, *argv: str) -> list[str]:
         extra_groups=os.getgrouplist(user, account.pw_gid),
         stdin=subprocess.DEVNULL,
         capture_output=True,
+        text=True,
         cwd="/",
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "PYTHONDONTWRITEBYTECODE": "1"},
         timeout=WAIT_S * 2,
         check=False,
     )
-    assert completed.returncode == 0, completed.stderr.decode()
-    return completed.stdout.decode().splitlines()
+
+
+async def run_as(user: str, *argv: str) -> list[str]:
+    """Run a process as ``user``; return its stdout lines (it must exit 0)."""
+    completed = await spawn_as(user, *argv)
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.splitlines()
 
 
 async def raw_status_as(user: str, path: str) -> tuple[dict[str, Any], str]:
@@ -167,10 +174,71 @@ async def test_outsider_cannot_reach_the_default_socket_and_is_told_what_to_do(
     server = await make_server()
     lines = await run_as("nobody", sys.executable, "-c", HAFLOATD_CLIENT, server.socket_path)
     assert lines == [
-        f"ControlError: permission denied on {server.socket_path}: run as root or a member "
-        f"of haclient"
+        f"ControlError: permission denied on {server.socket_path} for uid "
+        f"{pwd.getpwnam('nobody').pw_uid}: run as root or as a member of haclient"
     ]
     assert handler.requests == []
+
+
+# --- `hafloatd status` as a real process: a refusal is explained, never an empty table ------
+
+
+async def test_status_as_a_refused_user_says_why_and_what_to_do(
+    make_server: ServerFactory, short_dir: Path, handler: StandInHandler
+) -> None:
+    await open_parent(short_dir)
+    server = await make_server(group="nogroup")  # nobody reaches the socket; the peer check refuses
+    result = await spawn_as("nobody", HAFLOATD, "status", "--socket", server.socket_path)
+    uid = pwd.getpwnam("nobody").pw_uid
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"hafloatd status: hafloatd on {server.socket_path} refused user nobody (uid {uid}): "
+        f"peer uid={uid} not allowed; run as root, or add nobody to control.allowed_users and "
+        f"reload (systemctl reload hafloatd)"
+    ]
+    assert handler.requests == []
+
+
+async def test_status_json_as_a_refused_user_prints_the_reply_and_the_reason(
+    make_server: ServerFactory, short_dir: Path
+) -> None:
+    await open_parent(short_dir)
+    server = await make_server(group="nogroup")
+    result = await spawn_as("nobody", HAFLOATD, "status", "--json", "--socket", server.socket_path)
+    uid = pwd.getpwnam("nobody").pw_uid
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {
+        "ok": False,
+        "ocf": 4,
+        "reason": f"peer uid={uid} not allowed",
+    }
+    assert f"refused user nobody (uid {uid}): peer uid={uid} not allowed" in result.stderr
+
+
+async def test_status_without_access_to_the_socket_says_why(
+    make_server: ServerFactory, short_dir: Path
+) -> None:
+    await open_parent(short_dir)
+    server = await make_server()  # 0660 root:haclient: nobody cannot even connect
+    result = await spawn_as("nobody", HAFLOATD, "status", "--socket", server.socket_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"hafloatd status: permission denied on {server.socket_path} for uid "
+        f"{pwd.getpwnam('nobody').pw_uid}: run as root or as a member of haclient"
+    ]
+
+
+async def test_status_as_an_allowed_user_prints_the_table_and_exits_0(
+    make_server: ServerFactory, short_dir: Path
+) -> None:
+    await open_parent(short_dir)
+    server = await make_server()
+    result = await spawn_as("hacluster", HAFLOATD, "status", "--socket", server.socket_path)
+    assert result.returncode == 0, result.stderr
+    assert "IP  ROLE  HOLDER" in result.stdout
+    assert result.stderr == ""
 
 
 def test_peer_check_works_under_uvloop(short_dir: Path) -> None:

@@ -19,7 +19,8 @@ from blockbuster import blockbuster_ctx
 from prometheus_client import CollectorRegistry
 
 from hafloatd.config import ControlConfig
-from hafloatd.control import ControlReply, ControlRequest, ControlServer
+from hafloatd.control.protocol import ControlReply, ControlRequest
+from hafloatd.control.server import ControlServer
 from hafloatd.metrics import Metrics
 
 WAIT_S = 5.0
@@ -32,6 +33,7 @@ class StandInHandler:
     def __init__(self) -> None:
         self.requests: list[ControlRequest] = []
         self.entered = asyncio.Event()
+        self.cancelled = asyncio.Event()  # set when the server cancels a request in the handler
         self.gate: asyncio.Event | None = None
         self.error: BaseException | None = None
         self.result: object = None  # when set, returned as-is instead of a reply
@@ -40,7 +42,11 @@ class StandInHandler:
         self.requests.append(request)
         self.entered.set()
         if self.gate is not None:
-            await self.gate.wait()
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
         if self.error is not None:
             raise self.error
         if self.result is not None:

@@ -10,7 +10,7 @@ from blockbuster import blockbuster_ctx
 from prometheus_client import CollectorRegistry
 
 from hafloatd.config import parse_config
-from hafloatd.control_client import request
+from hafloatd.control.client import request
 from hafloatd.daemon import Daemon
 from hafloatd.lab.nodes import node_config, stand_in_web
 from hafloatd.lab.simulator import Simulator

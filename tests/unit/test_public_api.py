@@ -24,8 +24,9 @@ PUBLIC = {
     "hafloatd.token": ["ApiToken", "LoadedToken", "load_token"],
     "hafloatd.controller": ["IpController", "Role", "RoleStore", "OpResult", "FailoverTimeline"],
     "hafloatd.probe": ["HealthProbe", "HealthState"],
-    "hafloatd.control": ["ControlServer", "ControlRequest", "ControlReply", "parse_request"],
-    "hafloatd.control_client": ["request", "request_sync"],
+    "hafloatd.control.protocol": ["ControlRequest", "ControlReply", "parse_request"],
+    "hafloatd.control.server": ["ControlServer"],
+    "hafloatd.control.client": ["request", "request_sync"],
     "hafloatd.metrics": ["Metrics"],
     "hafloatd.sdnotify": ["SdNotifier"],
     "hafloatd.daemon": ["Daemon", "run", "loop_factory"],
@@ -76,3 +77,17 @@ def test_lab_imports_nothing_from_the_daemon_side() -> None:
                 parts = node.module.split(".")
                 if parts[0] == "hafloatd" and len(parts) > 1 and parts[1] != "lab":
                     assert parts[1] not in forbidden, f"{path.name} imports {node.module}"
+
+
+def test_control_protocol_is_a_leaf_the_controller_can_import() -> None:
+    """The controller builds its replies from it: it must not pull in the server (a cycle)."""
+    package = Path(importlib.import_module("hafloatd.control").__file__ or "").parent
+    init = ast.parse((package / "__init__.py").read_text())
+    assert [type(node) for node in init.body] == [ast.Expr], "hafloatd.control re-exports nothing"
+    allowed = {"hafloatd.errors", "hafloatd.deadline"}
+    tree = ast.parse((package / "protocol.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            assert not node.module.startswith("hafloatd") or node.module in allowed, node.module
+        if isinstance(node, ast.Import):
+            assert all(not alias.name.startswith("hafloatd") for alias in node.names)

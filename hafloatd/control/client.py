@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import socket
 import time
 from collections.abc import Mapping
@@ -223,7 +224,8 @@ def _connect_error(socket_path: str, exc: OSError, group: str) -> ControlError:
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return ControlError(
-            f"permission denied on {socket_path}: run as root or a member of {group}"
+            f"permission denied on {socket_path} for uid {os.geteuid()}: run as root or as a "
+            f"member of {group}"
         )
     if exc.errno == errno.ECONNREFUSED:
         return ControlError(
