@@ -32,7 +32,7 @@ from openapi_core.templating.paths.exceptions import PathError
 from openapi_core.validation.request.exceptions import SecurityValidationError
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from hafloatd.lab.sim_recording import Exchange
+from hafloatd.lab.sim.recording import Exchange
 
 SPEC_ENV = "HAFLOATD_OPENAPI_SPEC"
 DEFAULT_SPEC = (

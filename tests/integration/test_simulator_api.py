@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from hafloatd.lab.simulator import SimDroplet, SimReservedIp, Simulator
+from hafloatd.lab.sim import SimDroplet, SimReservedIp, Simulator
 from tests.sim_fixtures import DEFAULT_TOKEN, IP_NYC, IP_SFO, MakeSimulator, default_scenario
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}

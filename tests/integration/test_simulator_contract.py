@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from hafloatd.lab.simulator import Exchange, Simulator
+from hafloatd.lab.sim import Exchange, Simulator
 from tests import contract
 from tests.contract import check_exchange, check_exchanges, spec_path
 from tests.sim_fixtures import DEFAULT_TOKEN, IP_NYC, IP_SFO, default_scenario

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hafloatd.lab.simulator import FaultError, FaultInjector, Simulator
+from hafloatd.lab.sim import FaultError, FaultInjector, Simulator
 from tests.sim_fixtures import DEFAULT_TOKEN, IP_NYC, IP_SFO, MakeSimulator, default_scenario
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from tests.sim_fixtures import IP_NYC, IP_SFO, MakeSimulator, default_scenario, move_ip
 
 SHORT = aiohttp.ClientTimeout(total=2)

@@ -30,7 +30,7 @@ PUBLIC = {
     "hafloatd.sdnotify": ["SdNotifier"],
     "hafloatd.daemon": ["Daemon", "run", "loop_factory"],
     "hafloatd.deadline": ["Deadline"],
-    "hafloatd.lab.simulator": [
+    "hafloatd.lab.sim": [
         "Simulator", "SimScenario", "SimDroplet", "SimReservedIp",
     ],
 }  # fmt: skip

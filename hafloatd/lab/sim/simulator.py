@@ -2,7 +2,7 @@
 
 Embedding (tests, the lab, benchmarks)::
 
-    from hafloatd.lab.simulator import Simulator, SimScenario, SimDroplet, SimReservedIp
+    from hafloatd.lab.sim import Simulator, SimScenario, SimDroplet, SimReservedIp
 
     scenario = SimScenario(
         droplets=(SimDroplet(id=1001, name="node1", region="nyc3"),
@@ -32,41 +32,16 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
-from hafloatd.lab.sim_api import ApiServer
-from hafloatd.lab.sim_faults import Fault, FaultError, FaultInjector
-from hafloatd.lab.sim_metadata import MetadataServer, metadata_document
-from hafloatd.lab.sim_proxy import ProxyStats, ReservedIpProxy
-from hafloatd.lab.sim_recording import Exchange, Recorder, SimCounters
-from hafloatd.lab.sim_scenario import (
-    REGION_NAMES,
-    ScenarioError,
-    SimDroplet,
-    SimReservedIp,
-    SimScenario,
-    scenario_from_mapping,
-)
-from hafloatd.lab.sim_state import SimAction, SimState
-from hafloatd.lab.sim_tls import TlsMaterial, TlsUnavailable, make_tls_material
+from hafloatd.lab.sim.api import ApiServer
+from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.metadata import MetadataServer, metadata_document
+from hafloatd.lab.sim.proxy import ProxyStats, ReservedIpProxy
+from hafloatd.lab.sim.recording import Exchange, Recorder, SimCounters
+from hafloatd.lab.sim.scenario import SimScenario
+from hafloatd.lab.sim.state import SimAction, SimState
+from hafloatd.lab.sim.tls import TlsMaterial, make_tls_material
 
-__all__ = [
-    "REGION_NAMES",
-    "Exchange",
-    "Fault",
-    "FaultError",
-    "FaultInjector",
-    "ProxyStats",
-    "ScenarioError",
-    "SimAction",
-    "SimCounters",
-    "SimDroplet",
-    "SimReservedIp",
-    "SimScenario",
-    "Simulator",
-    "TlsUnavailable",
-    "scenario_from_mapping",
-]
-
-log = logging.getLogger("hafloatd.lab.simulator")
+log = logging.getLogger("hafloatd.lab.sim.simulator")
 
 
 class Simulator:

@@ -4,7 +4,7 @@ DigitalOcean's rules live here, independent of HTTP: an IP moves only when its a
 completes (``action_delay`` after the POST); while an action is pending the IP is ``locked`` and
 further POSTs on it get 422; a droplet involved in a pending action refuses new ones; one
 reserved IPv4 per droplet; an IP only maps to droplets of its region. Refusals are
-``SimApiError`` carrying DigitalOcean's status, error id and message.
+``SimApiError`` (``refusals``) carrying DigitalOcean's status, error id and message.
 
 Timers are owned: ``close()`` cancels every scheduled completion.
 """
@@ -19,10 +19,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hafloatd.lab.sim_faults import FaultInjector
-from hafloatd.lab.sim_scenario import SimDroplet, SimReservedIp, SimScenario, parse_backend
+from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.refusals import (
+    MSG_BAD_DROPLET_ID,
+    MSG_BAD_TYPE,
+    MSG_DROPLET_HAS_IP,
+    MSG_DROPLET_PENDING,
+    MSG_IP_PENDING,
+    MSG_NOT_ASSIGNED,
+    MSG_OTHER_REGION,
+    SimApiError,
+    not_found,
+    unprocessable,
+)
+from hafloatd.lab.sim.scenario import SimDroplet, SimReservedIp, SimScenario, parse_backend
 
-log = logging.getLogger("hafloatd.lab.state")
+log = logging.getLogger("hafloatd.lab.sim.state")
 
 # DO action ids are past 2**31 these days; starting there catches int32 bugs in clients.
 FIRST_ACTION_ID = 2_300_000_001
@@ -30,35 +42,6 @@ FIRST_ACTION_ID = 2_300_000_001
 ActionStatus = Literal["in-progress", "completed", "errored"]
 ActionOutcome = Literal["completed", "errored", "stuck"]
 ResourceType = Literal["reserved_ip", "floating_ip"]
-
-# DigitalOcean's wording where the README records it; the others are this simulator's choice
-# (docs/simulator.md, "Choices").
-MSG_IP_PENDING = "The floating IP already has a pending event."
-MSG_DROPLET_PENDING = "Droplet already has a pending event."
-MSG_DROPLET_HAS_IP = "Droplet already has a floating IP assigned."
-MSG_OTHER_REGION = "The floating IP and the Droplet must be in the same region."
-MSG_NOT_ASSIGNED = "The floating IP is not assigned to a Droplet."
-MSG_NOT_FOUND = "The resource you were accessing could not be found."
-MSG_BAD_TYPE = "The action type must be one of: assign, unassign."
-MSG_BAD_DROPLET_ID = "droplet_id must be the integer id of a Droplet to assign the floating IP to."
-
-
-class SimApiError(Exception):
-    """A refusal the API answers with ``status`` and ``{"id": error_id, "message": message}``."""
-
-    def __init__(self, status: int, error_id: str, message: str) -> None:
-        super().__init__(f"{status} {error_id}: {message}")
-        self.status = status
-        self.error_id = error_id
-        self.message = message
-
-
-def not_found() -> SimApiError:
-    return SimApiError(404, "not_found", MSG_NOT_FOUND)
-
-
-def unprocessable(message: str) -> SimApiError:
-    return SimApiError(422, "unprocessable_entity", message)
 
 
 @dataclass

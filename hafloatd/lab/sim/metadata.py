@@ -20,11 +20,11 @@ from typing import Any
 
 from aiohttp import web
 
-from hafloatd.lab.sim_faults import FaultInjector
-from hafloatd.lab.sim_scenario import SimDroplet
-from hafloatd.lab.sim_state import SimState
+from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.scenario import SimDroplet
+from hafloatd.lab.sim.state import SimState
 
-log = logging.getLogger("hafloatd.lab.metadata")
+log = logging.getLogger("hafloatd.lab.sim.metadata")
 
 # DigitalOcean's resolvers as droplets see them; text only, never contacted.
 NAMESERVERS = ("67.207.67.2", "67.207.67.3")
