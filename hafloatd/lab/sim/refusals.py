@@ -7,6 +7,9 @@ others are this simulator's wording (docs/simulator.md, "Choices"): clients key 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 MSG_IP_PENDING = "The floating IP already has a pending event."
 MSG_DROPLET_PENDING = "Droplet already has a pending event."
 MSG_DROPLET_HAS_IP = "Droplet already has a floating IP assigned."
@@ -15,6 +18,11 @@ MSG_NOT_ASSIGNED = "The floating IP is not assigned to a Droplet."
 MSG_NOT_FOUND = "The resource you were accessing could not be found."
 MSG_BAD_TYPE = "The action type must be one of: assign, unassign."
 MSG_BAD_DROPLET_ID = "droplet_id must be the integer id of a Droplet to assign the floating IP to."
+MSG_NOT_AN_OBJECT = "The request body must be a JSON object."
+
+# The classic recipe sends "droplet_id":"1002" and DigitalOcean answered 201 (defect 13): a
+# string of ASCII decimal digits counts as that integer. 19 digits hold any int64 id.
+_DECIMAL_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class SimApiError(Exception):
@@ -33,3 +41,32 @@ def not_found() -> SimApiError:
 
 def unprocessable(message: str) -> SimApiError:
     return SimApiError(422, "unprocessable_entity", message)
+
+
+def assign_target(body: object) -> int | None:
+    """The droplet a ``POST …/actions`` body assigns to (None: an unassign), or the refusal
+    DigitalOcean answers.
+
+    ``droplet_id`` is a positive integer, or a string of decimal digits read as one. Anything
+    else (float, boolean, sign, blank, digits other than ASCII) is a 422.
+    """
+    if not isinstance(body, Mapping):
+        raise SimApiError(400, "bad_request", MSG_NOT_AN_OBJECT)
+    action_type = body.get("type")
+    if action_type == "unassign":
+        return None
+    if action_type != "assign":
+        raise unprocessable(MSG_BAD_TYPE)
+    return _droplet_id(body.get("droplet_id"))
+
+
+def _droplet_id(raw: object) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and _DECIMAL_DIGITS.fullmatch(raw):
+        value = int(raw)
+    else:
+        raise unprocessable(MSG_BAD_DROPLET_ID)
+    if value < 1:
+        raise unprocessable(MSG_BAD_DROPLET_ID)
+    return value

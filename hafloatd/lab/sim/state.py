@@ -15,20 +15,18 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hafloatd.lab.sim.faults import FaultInjector
 from hafloatd.lab.sim.refusals import (
-    MSG_BAD_DROPLET_ID,
-    MSG_BAD_TYPE,
     MSG_DROPLET_HAS_IP,
     MSG_DROPLET_PENDING,
     MSG_IP_PENDING,
     MSG_NOT_ASSIGNED,
     MSG_OTHER_REGION,
-    SimApiError,
+    assign_target,
     not_found,
     unprocessable,
 )
@@ -195,21 +193,10 @@ class SimState:
         runtime = self.ips.get(ip)
         if runtime is None:
             raise not_found()
-        if not isinstance(body, Mapping):
-            raise SimApiError(400, "bad_request", "The request body must be a JSON object.")
-        action_type = body.get("type")
-        if action_type not in ("assign", "unassign"):
-            raise unprocessable(MSG_BAD_TYPE)
-        target: int | None = None
-        if action_type == "assign":
-            raw = body.get("droplet_id")
-            if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
-                raise unprocessable(MSG_BAD_DROPLET_ID)
-            target = raw
+        target = assign_target(body)
         if runtime.pending_action_id is not None:
             raise unprocessable(MSG_IP_PENDING)
-        if action_type == "assign":
-            assert target is not None
+        if target is not None:
             droplet = self.droplets.get(target)
             if droplet is None:
                 raise not_found()
