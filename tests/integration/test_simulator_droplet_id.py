@@ -45,9 +45,12 @@ def assign_body(droplet_id: object) -> bytes:
 async def test_the_recipes_string_droplet_id_assigns_exactly_like_an_integer(
     make_simulator: MakeSimulator,
 ) -> None:
-    # Two identical accounts, one told "1002", one told 1002: same answer, same behaviour.
-    by_string = await make_simulator(default_scenario(action_delay=0.2))
-    by_integer = await make_simulator(default_scenario(action_delay=0.2))
+    # Two identical accounts, one told "1002", one told 1002: same answer, same behaviour. The
+    # actions are held in progress (stuck) so the locked window is observed without timing.
+    by_string = await make_simulator()
+    by_integer = await make_simulator()
+    for sim in (by_string, by_integer):
+        sim.faults.stuck_actions(1)
     with by_string.expect_invalid_requests(RECIPE_REASON):
         status, body, _ = await post_action(by_string, b'{"type":"assign","droplet_id":"1002"}')
     int_status, int_body, _ = await post_action(by_integer, assign_body(1002))
@@ -61,14 +64,16 @@ async def test_the_recipes_string_droplet_id_assigns_exactly_like_an_integer(
     for sim in (by_string, by_integer):
         assert sim.locked(IP_NYC)
         assert sim.holder(IP_NYC) is None  # moves only when the action completes
+        assert sim.finish_stuck_actions("completed") == 1
         await sim.wait_holder(IP_NYC, 1002, timeout=5)
         assert not sim.locked(IP_NYC)
         assert sim.metadata_view(1002)["reserved_ip"]["ipv4"] == {
             "active": True,
             "ip_address": IP_NYC,
         }
-        (action,) = [a for a in sim.actions(IP_NYC) if a.type == "assign_ip" and a.droplet_id]
-        assert (action.droplet_id, action.status) == (1002, "completed")
+        (action,) = [a for a in sim.actions(IP_NYC) if a.origin == "api"]
+        assert (action.type, action.droplet_id, action.status) == ("assign_ip", 1002, "completed")
+        assert sim.posts(IP_NYC, droplet_id=1002)[0].state_changed
 
 
 @pytest.mark.parametrize("droplet_id", [1003, 424242, 1002])

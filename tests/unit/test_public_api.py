@@ -15,6 +15,7 @@ import pytest
 
 from hafloatd import errors
 from hafloatd.doapi import DoApiClient
+from hafloatd.lab.sim import FaultInjector, Simulator
 
 PUBLIC = {
     "hafloatd.config": [
@@ -34,9 +35,23 @@ PUBLIC = {
     "hafloatd.daemon": ["Daemon", "run", "loop_factory"],
     "hafloatd.deadline": ["Deadline"],
     "hafloatd.lab.sim": [
-        "Simulator", "SimScenario", "SimDroplet", "SimReservedIp",
+        "Simulator", "SimScenario", "SimDroplet", "SimReservedIp", "SimAction", "SimApiError",
+        "Exchange", "Fault", "FaultError", "FaultInjector", "ScenarioError",
+        "scenario_from_mapping",
     ],
 }  # fmt: skip
+
+# What tests (the controller's model-based test among them) drive the simulator with.
+SIMULATOR_METHODS = [
+    "start", "stop", "holder", "locked", "holder_history", "holder_at", "force_holder",
+    "move_out_of_band", "set_metadata_lag", "metadata_view", "actions", "wait_idle",
+    "wait_holder", "finish_stuck_actions", "requests", "posts", "expect_invalid_requests",
+]  # fmt: skip
+FAULT_METHODS = [
+    "latency", "server_errors", "rate_limit_storm", "drop_connections", "errored_actions",
+    "stuck_actions", "slow_actions", "metadata_down", "metadata_slow", "metadata_empty",
+    "metadata_error", "remove", "clear",
+]  # fmt: skip
 
 DO_CLIENT_METHODS = [
     "start", "close", "get_reserved_ip", "assign", "unassign", "get_action", "wait_action",
@@ -54,6 +69,12 @@ def test_module_exposes_its_public_names(module_name: str) -> None:
 def test_do_client_methods_are_coroutines() -> None:
     for name in DO_CLIENT_METHODS:
         assert inspect.iscoroutinefunction(getattr(DoApiClient, name)), name
+
+
+def test_simulator_and_fault_injector_offer_what_tests_drive() -> None:
+    assert [m for m in SIMULATOR_METHODS if not callable(getattr(Simulator, m, None))] == []
+    assert [m for m in FAULT_METHODS if not callable(getattr(FaultInjector, m, None))] == []
+    assert isinstance(Simulator.metadata_lag_s, property)
 
 
 def test_every_error_maps_to_an_ocf_exit_code() -> None:

@@ -1,6 +1,7 @@
 """One simulated Droplet metadata service per droplet (plain HTTP, no auth, like 169.254.169.254).
 
-Answers reflect the simulator's live state (optionally ``metadata_lag_s`` behind it):
+Answers reflect the simulator's live state, ``metadata_lag_s`` behind it (changeable at run
+time with ``Simulator.set_metadata_lag``):
 ``/metadata/v1/id``, ``hostname``, ``region``, ``interfaces/...``, ``reserved_ip/ipv4/active``
 (``true``/``false``), ``reserved_ip/ipv4/ip_address`` (only while active; 404 otherwise, as the
 ``ipv4/`` index then lists only ``active``), the ``floating_ip/ipv4/...`` twins, and
@@ -42,13 +43,11 @@ class MetadataServer:
         faults: FaultInjector,
         *,
         host: str,
-        lag_s: float = 0.0,
     ) -> None:
         self.droplet = droplet
         self._state = state
         self._faults = faults
         self._host = host
-        self._lag_s = lag_s
         self._runner: web.AppRunner | None = None
         self.port: int | None = droplet.metadata_port or None
 
@@ -102,16 +101,16 @@ class MetadataServer:
         error = self._faults.take("metadata_error", droplet_id=droplet_id)
         if error is not None:
             return web.Response(status=error.status, text="error", content_type="text/plain")
-        document = metadata_document(self._state, droplet_id, self._lag_s)
+        document = metadata_document(self._state, droplet_id)
         if request.path == "/metadata/v1.json":
             return web.json_response(document)
         return _resolve(request.path, metadata_tree(document))
 
 
-def metadata_document(state: SimState, droplet_id: int, lag_s: float = 0.0) -> dict[str, Any]:
-    """What ``/metadata/v1.json`` answers for the droplet right now."""
+def metadata_document(state: SimState, droplet_id: int) -> dict[str, Any]:
+    """What ``/metadata/v1.json`` answers for the droplet right now (``metadata_lag_s`` behind)."""
     spec = state.droplets[droplet_id].spec
-    ip = state.metadata_ip(droplet_id, lag_s)
+    ip = state.metadata_ip(droplet_id)
     reserved: dict[str, Any] = (
         {"ipv4": {"active": True, "ip_address": ip}} if ip else {"ipv4": {"active": False}}
     )

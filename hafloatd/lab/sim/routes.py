@@ -17,10 +17,11 @@ from typing import Any
 
 from aiohttp import web
 
+from hafloatd.lab.sim.actions import ResourceType
 from hafloatd.lab.sim.refusals import SimApiError, not_found
 from hafloatd.lab.sim.render import action_json, droplet_json, reserved_ip_json
 from hafloatd.lab.sim.responses import json_response
-from hafloatd.lab.sim.state import ResourceType, SimState
+from hafloatd.lab.sim.state import SimState
 
 FAMILIES: dict[str, ResourceType] = {"reserved_ips": "reserved_ip", "floating_ips": "floating_ip"}
 DEFAULT_PER_PAGE = 20
