@@ -10,7 +10,8 @@ Modules, one job each: ``simulator`` (the ``Simulator`` façade and its lifecycl
 error answers), ``api`` (the HTTP server and its request pipeline), ``routes`` (the
 DigitalOcean operations), ``admin`` (``/_sim``), ``responses`` (JSON and error bodies),
 ``render`` (DigitalOcean's JSON shapes), ``ratelimit``, ``metadata``, ``proxy``, ``faults``,
-``recording``, ``tls``, ``cli`` (``hafloatd simulator``).
+``recording``, ``inflight`` (handlers ``stop()`` must end), ``tls``, ``cli``
+(``hafloatd simulator``).
 
 Nothing here imports from the daemon's side of hafloatd (DESIGN §10).
 """

@@ -27,6 +27,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from hafloatd.lab.sim.admin import AdminRoutes, is_admin_path
 from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.inflight import InflightHandlers
 from hafloatd.lab.sim.ratelimit import RateDecision, RateLimiter
 from hafloatd.lab.sim.recording import Exchange, Recorder
 from hafloatd.lab.sim.refusals import SimApiError, not_found
@@ -38,6 +39,7 @@ from hafloatd.lab.sim.state import SimState
 log = logging.getLogger("hafloatd.lab.sim.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HANDLER_UNWIND_TIMEOUT_S = 1.0
 
 
 class ApiServer:
@@ -68,6 +70,7 @@ class ApiServer:
         self._tokens = set(scenario.tokens) | set(scenario.read_only_tokens)
         self._read_only = set(scenario.read_only_tokens)
         self._runner: web.AppRunner | None = None
+        self._handlers = InflightHandlers()
         self.port: int | None = None
 
     @property
@@ -105,13 +108,19 @@ class ApiServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        # Handlers whose client hung up (held by a latency fault) outlive the runner's cleanup.
+        await self._handlers.cancel_all(timeout=HANDLER_UNWIND_TIMEOUT_S)
 
     # --- the request pipeline ------------------------------------------------------------
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_admin_path(request.path):
-            return await handler(request)
+        with self._handlers.track():
+            if is_admin_path(request.path):
+                return await handler(request)
+            return await self._recorded(request, handler)
+
+    async def _recorded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         received_at, received_monotonic = time.time(), time.monotonic()
         body = await request.read()
         _, endpoint = route_names(request)

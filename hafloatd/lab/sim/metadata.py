@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.inflight import InflightHandlers
 from hafloatd.lab.sim.scenario import SimDroplet
 from hafloatd.lab.sim.state import SimState
 
@@ -49,6 +50,7 @@ class MetadataServer:
         self._faults = faults
         self._host = host
         self._runner: web.AppRunner | None = None
+        self._handlers = InflightHandlers()
         self.port: int | None = droplet.metadata_port or None
 
     @property
@@ -86,8 +88,14 @@ class MetadataServer:
         if runner is not None:
             await runner.cleanup()
             log.info("event=metadata_stopped droplet_id=%s", self.droplet.id)
+        # A handler held by metadata_slow whose client hung up outlives the runner's cleanup.
+        await self._handlers.cancel_all(timeout=1.0)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._handlers.track():
+            return await self._answer(request)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         droplet_id = self.droplet.id
         if self._faults.take("metadata_down", droplet_id=droplet_id) is not None:
             if request.transport is not None:

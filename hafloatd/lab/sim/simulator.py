@@ -17,8 +17,9 @@ Embedding (tests, the lab, benchmarks)::
         sim.faults.server_errors(3, endpoint="post_action")
         await sim.wait_idle(5)
 
-Everything the simulator starts (listeners, connection tasks, action timers, the TLS
-temporary directory) is owned and released by ``stop()``. Nothing here imports from the
+Everything the simulator starts (listeners, connection tasks, request handlers still held by
+an injected delay after their client hung up, action timers, the TLS temporary directory) is
+owned and released by ``stop()``. Nothing here imports from the
 daemon's side of hafloatd.
 """
 
