@@ -190,7 +190,8 @@ class Simulator:
         return self._require_state().holder_history(ip)
 
     def holder_at(self, ip: str, t: float) -> int | None:
-        """Who held ``ip`` at monotonic time ``t`` (before start: the holder at start)."""
+        """Who held ``ip`` at monotonic time ``t`` (before start: the holder at start).
+        LookupError for a time before the oldest change kept (the last 100,000 are)."""
         return self._require_state().holder_at(ip, t)
 
     def force_holder(self, ip: str, droplet_id: int | None) -> None:

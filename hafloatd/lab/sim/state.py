@@ -184,7 +184,8 @@ class SimState:
         log.info("event=metadata_lag_set lag_s=%s", self.metadata_lag_s)
 
     def force_holder(self, ip: str, droplet_id: int | None) -> None:
-        """Move the IP out of band (a human in the control panel, another tool): no action."""
+        """Move the IP at once, with no action and no lock (a test's setup); the realistic
+        out-of-band move is ``move_out_of_band``."""
         runtime = self._ip(ip)
         if droplet_id is not None:
             droplet = self.droplets.get(droplet_id)
