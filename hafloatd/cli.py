@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("hafloatd.daemon", "run the daemon in the foreground (systemd Type=notify)"),
     "check-config": ("hafloatd.config_cli", "validate a configuration file"),
     "status": ("hafloatd.status", "show the daemon's state per reserved IP"),
-    "simulator": ("hafloatd.lab.simulator_cli", "run the DigitalOcean simulator"),
+    "simulator": ("hafloatd.lab.sim.cli", "run the DigitalOcean simulator"),
     "lab": ("hafloatd.lab.drill", "run the failover lab: simulator, two nodes, a drill"),
     "install-agent": ("hafloatd.install", "install the OCF agent, unit and example config"),
 }

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hafloatd.lab.simulator import SimDroplet, SimReservedIp, SimScenario, Simulator
+from hafloatd.lab.sim import SimDroplet, SimReservedIp, SimScenario, Simulator
 from tests.contract import check_exchanges
 
 __all__ = [

@@ -31,7 +31,7 @@ from hafloatd.lab.nodes import (
     nginx_web,
     stand_in_web,
 )
-from hafloatd.lab.simulator import SimDroplet, SimReservedIp, SimScenario, Simulator
+from hafloatd.lab.sim import SimDroplet, SimReservedIp, SimScenario, Simulator
 
 RESERVED_IP = "203.0.113.10"
 POLL_INTERVAL_S = 0.05

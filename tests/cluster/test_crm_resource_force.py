@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hafloatd.lab.nodes import make_node
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 
 IP = "203.0.113.10"
 AGENT = Path("/usr/lib/ocf/resource.d/hafloatd/hafloat")

@@ -13,7 +13,7 @@ from hafloatd.lab.nodes import (
     make_node,
     stand_in_web,
 )
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from hafloatd.config import ApiConfig, IpConfig, MetadataConfig
 from hafloatd.controller import IpController, Role, RoleStore
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import DoApiClient
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from hafloatd.metadata import MetadataClient
 from hafloatd.metrics import Metrics
 from hafloatd.token import ApiToken

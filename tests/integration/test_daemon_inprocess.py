@@ -13,7 +13,7 @@ from hafloatd.config import parse_config
 from hafloatd.control.client import request
 from hafloatd.daemon import Daemon
 from hafloatd.lab.nodes import node_config, stand_in_web
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from hafloatd.metrics import Metrics
 
 IP = "203.0.113.10"

@@ -18,7 +18,7 @@ from hafloatd.lab.nodes import (
     DaemonNode,
     StandInWeb,
 )
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 
 IP = "203.0.113.10"
 OTHER_IP = "203.0.113.30"

@@ -17,7 +17,7 @@ from hafloatd.lab.nodes import (
     make_node,
     nginx_web,
 )
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 
 IP = "203.0.113.10"
 OCF_SUCCESS, OCF_ERR_GENERIC, OCF_ERR_INSTALLED, OCF_NOT_RUNNING = 0, 1, 5, 7

@@ -19,7 +19,7 @@ from hafloatd.errors import (
     ApiRejected,
     DeadlineExceeded,
 )
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from hafloatd.metrics import Metrics
 from tests.integration.test_doapi_support import api_client, sample
 from tests.sim_fixtures import IP_NYC, IP_SFO, MakeSimulator, default_scenario

@@ -12,7 +12,7 @@ from hafloatd.config import ApiConfig
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import DoApiClient
 from hafloatd.errors import ApiAuthError, ApiError, ApiUnavailable, HafloatdError
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from hafloatd.metrics import Metrics
 from hafloatd.token import ApiToken
 from tests.integration.test_doapi_support import api_client, sample

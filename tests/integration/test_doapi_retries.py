@@ -18,7 +18,7 @@ from hafloatd.config import ApiConfig
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import AssignResult, DoApiClient
 from hafloatd.errors import ApiUnavailable, DeadlineExceeded
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from hafloatd.metrics import Metrics
 from hafloatd.token import ApiToken
 from tests.integration.test_doapi_support import api_client, sample

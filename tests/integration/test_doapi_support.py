@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from hafloatd.config import ApiConfig
 from hafloatd.doapi import DoApiClient
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from hafloatd.metrics import Metrics
 from hafloatd.token import ApiToken
 from tests.sim_fixtures import DEFAULT_TOKEN

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from hafloatd.config import MetadataConfig, PathFamily
 from hafloatd.deadline import Deadline
 from hafloatd.errors import MetadataError
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from hafloatd.metadata import DropletIdentity, MetadataClient, ReservedIpView
 from hafloatd.metrics import Metrics
 from tests.sim_fixtures import IP_NYC, IP_SFO

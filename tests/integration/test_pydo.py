@@ -15,7 +15,7 @@ import pydo
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from tests.sim_fixtures import DEFAULT_TOKEN, IP_NYC, IP_SFO
 
 HTTP: dict[str, Any] = {

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from hafloatd.lab.nodes import DaemonNode, make_node
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 
 IP = "203.0.113.10"
 INSTALLED_AGENT = Path("/usr/lib/ocf/resource.d/hafloatd/hafloat")

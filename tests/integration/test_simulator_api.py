@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from hafloatd.lab.simulator import SimDroplet, SimReservedIp, Simulator
+from hafloatd.lab.sim import SimDroplet, SimReservedIp, Simulator
 from tests.sim_fixtures import DEFAULT_TOKEN, IP_NYC, IP_SFO, MakeSimulator, default_scenario
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
@@ -396,7 +396,6 @@ async def test_unassigning_an_unassigned_ip_gets_422(
         ({"type": "reboot", "droplet_id": 1001}, 422, "The action type must be one of"),
         ({"droplet_id": 1001}, 422, "The action type must be one of"),
         ({"type": "assign"}, 422, "droplet_id must be the integer id"),
-        ({"type": "assign", "droplet_id": "1001"}, 422, "droplet_id must be the integer id"),
         ([1, 2], 400, "The request body must be a JSON object."),
     ],
 )

@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hafloatd.lab import simulator_cli
-from hafloatd.lab.sim_scenario import ScenarioError
+from hafloatd.lab.sim import cli as simulator_cli
+from hafloatd.lab.sim.scenario import ScenarioError
 
 EXAMPLE = Path(simulator_cli.__file__).with_name("example-scenario.yaml")
 STARTUP_TIMEOUT = 15.0

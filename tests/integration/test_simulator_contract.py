@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from hafloatd.lab.simulator import Exchange, Simulator
+from hafloatd.lab.sim import Exchange, Simulator
 from tests import contract
 from tests.contract import check_exchange, check_exchanges, spec_path
 from tests.sim_fixtures import DEFAULT_TOKEN, IP_NYC, IP_SFO, default_scenario
@@ -86,6 +86,27 @@ async def test_a_request_body_the_spec_refuses_is_flagged() -> None:
         (violation,) = check_exchanges(sim.all_exchanges)
     assert violation.part == "request"
     assert "'type' is a required property" in violation.message
+
+
+@pytest.mark.parametrize("droplet_id", ["1002", 1002.0, True, None])
+async def test_an_assign_whose_droplet_id_is_not_an_integer_is_flagged(droplet_id: object) -> None:
+    # The spec's anyOf leaves droplet_id unconstrained in its first branch; the contract holds
+    # our clients to the integer its second branch names, though the simulator accepts "1002"
+    # as DigitalOcean did (defect 13).
+    async with Simulator(default_scenario(action_delay=0)) as sim:
+        async with (
+            aiohttp.ClientSession(headers=AUTH) as http,
+            http.post(
+                f"{sim.api_url}/v2/reserved_ips/{IP_NYC}/actions",
+                json={"type": "assign", "droplet_id": droplet_id},
+            ) as response,
+        ):
+            assert response.status == (201 if droplet_id == "1002" else 422)
+        await sim.wait_idle(2)
+        (violation,) = check_exchanges(sim.all_exchanges)
+    assert violation.part == "request"
+    assert "droplet_id" in violation.message
+    assert "integer" in violation.message
 
 
 async def test_a_query_out_of_the_spec_range_is_flagged() -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from tests.sim_fixtures import IP_NYC, IP_SFO, MakeSimulator, default_scenario, move_ip
 
 SHORT = aiohttp.ClientTimeout(total=2)
@@ -170,6 +170,22 @@ async def test_metadata_slow_answers_after_the_delay(
         async with http.get(f"{simulator.metadata_url(1001)}/id", timeout=impatient) as response:
             await response.text()
     assert await get_text(http, f"{simulator.metadata_url(1001)}/id") == (200, "1001")
+
+
+async def test_stopping_ends_a_slow_answer_whose_client_gave_up(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    fault_used = asyncio.Event()
+    simulator.faults.subscribe(lambda: fault_used.set() if not simulator.faults.active() else None)
+    before = asyncio.all_tasks()
+    simulator.faults.metadata_slow(60, droplet_id=1001, count=1)
+    client = asyncio.create_task(get_text(http, f"{simulator.metadata_url(1001)}/id"))
+    await asyncio.wait_for(fault_used.wait(), 5)  # the service took it: the answer is held
+    client.cancel()
+    held = [t for t in asyncio.all_tasks() - before if not t.done() and t is not client]
+    assert held  # the service still works on the abandoned request
+    await simulator.stop_metadata(1001)
+    assert [t for t in held if not t.done()] == []
 
 
 async def test_metadata_empty_answers_200_with_nothing(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from tests.sim_fixtures import IP_NYC, IP_SFO, move_ip
 
 IO_TIMEOUT = 3.0

@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from hafloatd.lab.sim_ratelimit import RateLimiter
-from hafloatd.lab.simulator import (
+from hafloatd.lab.sim import (
     ScenarioError,
     SimDroplet,
     SimReservedIp,
     SimScenario,
     scenario_from_mapping,
 )
+from hafloatd.lab.sim.ratelimit import RateLimiter
 
 NODE1 = SimDroplet(id=1001, name="node1", region="nyc3")
 NODE3 = SimDroplet(id=1003, name="node3", region="sfo3")

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim import Simulator
 from tests.sim_fixtures import DEFAULT_TOKEN, IP_NYC, IP_SFO, default_scenario, move_ip
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}

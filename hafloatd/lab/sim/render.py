@@ -12,8 +12,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from hafloatd.lab.sim_scenario import REGION_NAMES
-from hafloatd.lab.sim_state import ResourceType, SimAction, SimState, resource_id
+from hafloatd.lab.sim.actions import ResourceType, SimAction, resource_id
+from hafloatd.lab.sim.scenario import REGION_NAMES
+from hafloatd.lab.sim.state import SimState
 
 SIZE_SLUGS = (
     "s-1vcpu-512mb-10gb",

@@ -22,17 +22,17 @@ from typing import Any
 
 import yaml
 
-from hafloatd.lab.sim_scenario import (
+from hafloatd.lab.sim.scenario import (
     ScenarioError,
     SimDroplet,
     SimReservedIp,
     SimScenario,
     scenario_from_mapping,
 )
-from hafloatd.lab.sim_tls import TlsUnavailable
-from hafloatd.lab.simulator import Simulator
+from hafloatd.lab.sim.simulator import Simulator
+from hafloatd.lab.sim.tls import TlsUnavailable
 
-log = logging.getLogger("hafloatd.lab.simulator_cli")
+log = logging.getLogger("hafloatd.lab.sim.cli")
 
 EXIT_USAGE = 2
 DEMO_SCENARIO: dict[str, Any] = {

@@ -4,98 +4,44 @@ DigitalOcean's rules live here, independent of HTTP: an IP moves only when its a
 completes (``action_delay`` after the POST); while an action is pending the IP is ``locked`` and
 further POSTs on it get 422; a droplet involved in a pending action refuses new ones; one
 reserved IPv4 per droplet; an IP only maps to droplets of its region. Refusals are
-``SimApiError`` carrying DigitalOcean's status, error id and message.
+``SimApiError`` (``refusals``) carrying DigitalOcean's status, error id and message.
 
-Timers are owned: ``close()`` cancels every scheduled completion.
+Each IP keeps its ``HolderHistory`` (monotonic times); the metadata service reads it
+``metadata_lag_s`` behind. Timers are owned: ``close()`` cancels every scheduled completion.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from hafloatd.lab.sim_faults import FaultInjector
-from hafloatd.lab.sim_scenario import SimDroplet, SimReservedIp, SimScenario, parse_backend
+from hafloatd.lab.sim.actions import (
+    FIRST_ACTION_ID,
+    ActionOrigin,
+    ActionOutcome,
+    ResourceType,
+    SimAction,
+)
+from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.history import HolderHistory
+from hafloatd.lab.sim.refusals import (
+    MSG_DROPLET_HAS_IP,
+    MSG_DROPLET_PENDING,
+    MSG_IP_PENDING,
+    MSG_NOT_ASSIGNED,
+    MSG_OTHER_REGION,
+    assign_target,
+    not_found,
+    unprocessable,
+)
+from hafloatd.lab.sim.scenario import SimDroplet, SimReservedIp, SimScenario, parse_backend
 
-log = logging.getLogger("hafloatd.lab.state")
-
-# DO action ids are past 2**31 these days; starting there catches int32 bugs in clients.
-FIRST_ACTION_ID = 2_300_000_001
-
-ActionStatus = Literal["in-progress", "completed", "errored"]
-ActionOutcome = Literal["completed", "errored", "stuck"]
-ResourceType = Literal["reserved_ip", "floating_ip"]
-
-# DigitalOcean's wording where the README records it; the others are this simulator's choice
-# (docs/simulator.md, "Choices").
-MSG_IP_PENDING = "The floating IP already has a pending event."
-MSG_DROPLET_PENDING = "Droplet already has a pending event."
-MSG_DROPLET_HAS_IP = "Droplet already has a floating IP assigned."
-MSG_OTHER_REGION = "The floating IP and the Droplet must be in the same region."
-MSG_NOT_ASSIGNED = "The floating IP is not assigned to a Droplet."
-MSG_NOT_FOUND = "The resource you were accessing could not be found."
-MSG_BAD_TYPE = "The action type must be one of: assign, unassign."
-MSG_BAD_DROPLET_ID = "droplet_id must be the integer id of a Droplet to assign the floating IP to."
-
-
-class SimApiError(Exception):
-    """A refusal the API answers with ``status`` and ``{"id": error_id, "message": message}``."""
-
-    def __init__(self, status: int, error_id: str, message: str) -> None:
-        super().__init__(f"{status} {error_id}: {message}")
-        self.status = status
-        self.error_id = error_id
-        self.message = message
-
-
-def not_found() -> SimApiError:
-    return SimApiError(404, "not_found", MSG_NOT_FOUND)
-
-
-def unprocessable(message: str) -> SimApiError:
-    return SimApiError(422, "unprocessable_entity", message)
-
-
-@dataclass
-class SimAction:
-    """One action. ``droplet_id`` is the target of an assign, the old holder of an unassign."""
-
-    id: int
-    type: str  # assign_ip | unassign_ip | reserve_ip
-    ip: str
-    region: str
-    resource_type: ResourceType
-    droplet_id: int | None
-    previous_holder: int | None
-    started_at: float  # unix time
-    status: ActionStatus = "in-progress"
-    completed_at: float | None = None
-    outcome: ActionOutcome = "completed"
-
-    @property
-    def pending(self) -> bool:
-        return self.status == "in-progress"
-
-    def involves(self, droplet_id: int) -> bool:
-        return droplet_id in (self.droplet_id, self.previous_holder)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": self.type,
-            "ip": self.ip,
-            "status": self.status,
-            "outcome": self.outcome,
-            "droplet_id": self.droplet_id,
-            "previous_holder": self.previous_holder,
-            "started_at": self.started_at,
-            "completed_at": self.completed_at,
-        }
+log = logging.getLogger("hafloatd.lab.sim.state")
 
 
 @dataclass
@@ -108,9 +54,8 @@ class DropletRuntime:
 class IpRuntime:
     spec: SimReservedIp
     holder: int | None
+    history: HolderHistory
     pending_action_id: int | None = None
-    # (monotonic time, holder) after each change; the metadata service reads it with a lag.
-    history: list[tuple[float, int | None]] = field(default_factory=list)
 
 
 HolderListener = Callable[[str, int | None, int | None], None]
@@ -132,6 +77,7 @@ class SimState:
         self._clock = clock
         self._monotonic = monotonic
         self.created_at = clock()
+        self.metadata_lag_s = scenario.metadata_lag_s
         self.droplets: dict[int, DropletRuntime] = {
             d.id: DropletRuntime(d, d.backend) for d in scenario.droplets
         }
@@ -143,7 +89,7 @@ class SimState:
         self._idle = asyncio.Event()
         self._idle.set()
         for rip in scenario.reserved_ips:
-            runtime = IpRuntime(rip, rip.droplet_id, history=[(monotonic(), rip.droplet_id)])
+            runtime = IpRuntime(rip, rip.droplet_id, HolderHistory(monotonic(), rip.droplet_id))
             self.ips[rip.ip] = runtime
             self._seed_history(runtime)
 
@@ -167,11 +113,19 @@ class SimState:
     def backend(self, droplet_id: int) -> str | None:
         return self.droplets[droplet_id].backend
 
-    def metadata_ip(self, droplet_id: int, lag_s: float) -> str | None:
-        """The reserved IP the droplet's metadata shows: the holder as of ``lag_s`` ago."""
-        as_of = self._monotonic() - lag_s
+    def holder_history(self, ip: str) -> list[tuple[float, int | None]]:
+        return self._ip(ip).history.entries()
+
+    def holder_at(self, ip: str, at: float) -> int | None:
+        return self._ip(ip).history.holder_at(at)
+
+    def metadata_ip(self, droplet_id: int, lag_s: float | None = None) -> str | None:
+        """The reserved IP the droplet's metadata shows: the holder as of the lag ago
+        (``metadata_lag_s`` unless given)."""
+        lag = self.metadata_lag_s if lag_s is None else lag_s
+        as_of = self._monotonic() - lag
         for ip, runtime in self.ips.items():
-            if _holder_as_of(runtime.history, as_of) == droplet_id:
+            if runtime.history.holder_at(as_of, strict=False) == droplet_id:
                 return ip
         return None
 
@@ -183,6 +137,7 @@ class SimState:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            "metadata_lag_s": self.metadata_lag_s,
             "reserved_ips": {
                 ip: {
                     "region": r.spec.region,
@@ -212,41 +167,25 @@ class SimState:
         runtime = self.ips.get(ip)
         if runtime is None:
             raise not_found()
-        if not isinstance(body, Mapping):
-            raise SimApiError(400, "bad_request", "The request body must be a JSON object.")
-        action_type = body.get("type")
-        if action_type not in ("assign", "unassign"):
-            raise unprocessable(MSG_BAD_TYPE)
-        target: int | None = None
-        if action_type == "assign":
-            raw = body.get("droplet_id")
-            if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
-                raise unprocessable(MSG_BAD_DROPLET_ID)
-            target = raw
-        if runtime.pending_action_id is not None:
-            raise unprocessable(MSG_IP_PENDING)
-        if action_type == "assign":
-            assert target is not None
-            droplet = self.droplets.get(target)
-            if droplet is None:
-                raise not_found()
-            if self.droplet_busy(target) or (
-                runtime.holder is not None and self.droplet_busy(runtime.holder)
-            ):
-                raise unprocessable(MSG_DROPLET_PENDING)
-            if droplet.spec.region != runtime.spec.region:
-                raise unprocessable(MSG_OTHER_REGION)
-            if runtime.holder == target or self.held_by(target) is not None:
-                raise unprocessable(MSG_DROPLET_HAS_IP)
-            return self._start(runtime, "assign_ip", target, resource_type)
-        if runtime.holder is None:
-            raise unprocessable(MSG_NOT_ASSIGNED)
-        if self.droplet_busy(runtime.holder):
-            raise unprocessable(MSG_DROPLET_PENDING)
-        return self._start(runtime, "unassign_ip", runtime.holder, resource_type)
+        return self._request(runtime, assign_target(body), resource_type, origin="api")
+
+    def move_out_of_band(self, ip: str, droplet_id: int | None) -> SimAction:
+        """Start an action as a person in the control panel would (None: unassign): DigitalOcean's
+        rules and action faults apply, the IP is locked until it completes. KeyError for an IP
+        outside the scenario; SimApiError when DigitalOcean would refuse."""
+        return self._request(self._ip(ip), droplet_id, "reserved_ip", origin="out_of_band")
+
+    def set_metadata_lag(self, lag_s: float) -> None:
+        if isinstance(lag_s, bool) or not isinstance(lag_s, int | float):
+            raise TypeError(f"metadata lag: expected seconds, got {lag_s!r}")
+        if not math.isfinite(lag_s) or lag_s < 0:
+            raise ValueError(f"metadata lag: must be finite seconds >= 0, got {lag_s!r}")
+        self.metadata_lag_s = float(lag_s)
+        log.info("event=metadata_lag_set lag_s=%s", self.metadata_lag_s)
 
     def force_holder(self, ip: str, droplet_id: int | None) -> None:
-        """Move the IP out of band (a human in the control panel, another tool): no action."""
+        """Move the IP at once, with no action and no lock (a test's setup); the realistic
+        out-of-band move is ``move_out_of_band``."""
         runtime = self._ip(ip)
         if droplet_id is not None:
             droplet = self.droplets.get(droplet_id)
@@ -334,6 +273,36 @@ class SimState:
         self._next_action_id += 1
         return action_id
 
+    def _request(
+        self,
+        runtime: IpRuntime,
+        target: int | None,
+        resource_type: ResourceType,
+        *,
+        origin: ActionOrigin,
+    ) -> SimAction:
+        """DigitalOcean's checks, in its order, for an assign to ``target`` (None: unassign)."""
+        if runtime.pending_action_id is not None:
+            raise unprocessable(MSG_IP_PENDING)
+        if target is not None:
+            droplet = self.droplets.get(target)
+            if droplet is None:
+                raise not_found()
+            if self.droplet_busy(target) or (
+                runtime.holder is not None and self.droplet_busy(runtime.holder)
+            ):
+                raise unprocessable(MSG_DROPLET_PENDING)
+            if droplet.spec.region != runtime.spec.region:
+                raise unprocessable(MSG_OTHER_REGION)
+            if runtime.holder == target or self.held_by(target) is not None:
+                raise unprocessable(MSG_DROPLET_HAS_IP)
+            return self._start(runtime, "assign_ip", target, resource_type, origin)
+        if runtime.holder is None:
+            raise unprocessable(MSG_NOT_ASSIGNED)
+        if self.droplet_busy(runtime.holder):
+            raise unprocessable(MSG_DROPLET_PENDING)
+        return self._start(runtime, "unassign_ip", runtime.holder, resource_type, origin)
+
     def _seed_history(self, runtime: IpRuntime) -> None:
         # Like a real account: each IP was reserved (and maybe assigned) before we started.
         rip = runtime.spec
@@ -354,17 +323,26 @@ class SimState:
                 started_at=started + 60 * offset,
                 status="completed",
                 completed_at=started + 60 * offset + 3,
+                origin="seed",
             )
 
     def _start(
-        self, runtime: IpRuntime, action_type: str, droplet_id: int, resource_type: ResourceType
+        self,
+        runtime: IpRuntime,
+        action_type: str,
+        droplet_id: int,
+        resource_type: ResourceType,
+        origin: ActionOrigin,
     ) -> SimAction:
         ip = runtime.spec.ip
         outcome: ActionOutcome = "completed"
+        delay_s = self.scenario.action_delay
         if self._faults.take("action_stuck", ip=ip) is not None:
             outcome = "stuck"
-        elif self._faults.take("action_errored", ip=ip) is not None:
-            outcome = "errored"
+        else:
+            if self._faults.take("action_errored", ip=ip) is not None:
+                outcome = "errored"
+            delay_s += self._faults.total_delay("action_slow", ip=ip)
         action = SimAction(
             id=self._new_action_id(),
             type=action_type,
@@ -375,19 +353,19 @@ class SimState:
             previous_holder=runtime.holder,
             started_at=self._clock(),
             outcome=outcome,
+            origin=origin,
         )
         self.actions[action.id] = action
         runtime.pending_action_id = action.id
         log.info(
-            "event=action_started action_id=%s type=%s ip=%s droplet_id=%s outcome=%s",
-            action.id, action_type, ip, droplet_id, outcome,
+            "event=action_started action_id=%s type=%s ip=%s droplet_id=%s outcome=%s "
+            "origin=%s delay_s=%s",
+            action.id, action_type, ip, droplet_id, outcome, origin, delay_s,
         )  # fmt: skip
         if outcome != "stuck":
             self._idle.clear()
             loop = asyncio.get_running_loop()
-            self._timers[action.id] = loop.call_later(
-                self.scenario.action_delay, self._complete, action.id
-            )
+            self._timers[action.id] = loop.call_later(delay_s, self._complete, action.id)
         return action
 
     def _complete(self, action_id: int) -> None:
@@ -414,8 +392,7 @@ class SimState:
     def _set_holder(self, runtime: IpRuntime, droplet_id: int | None, *, reason: str) -> None:
         old = runtime.holder
         runtime.holder = droplet_id
-        runtime.history.append((self._monotonic(), droplet_id))
-        del runtime.history[:-64]
+        runtime.history.record(self._monotonic(), droplet_id)
         log.info(
             "event=holder_changed ip=%s old=%s new=%s reason=%s",
             runtime.spec.ip, old, droplet_id, reason,
@@ -423,18 +400,3 @@ class SimState:
         if old != droplet_id:
             for listener in list(self._listeners):
                 listener(runtime.spec.ip, old, droplet_id)
-
-
-def _holder_as_of(history: list[tuple[float, int | None]], as_of: float) -> int | None:
-    holder = history[0][1] if history else None
-    for changed_at, value in history:
-        if changed_at <= as_of:
-            holder = value
-        else:
-            break
-    return holder
-
-
-def resource_id(ip: str) -> int:
-    """DigitalOcean reports a reserved IP action's resource_id as the IPv4 address as integer."""
-    return int(ipaddress.IPv4Address(ip))

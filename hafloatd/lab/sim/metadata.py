@@ -1,6 +1,7 @@
 """One simulated Droplet metadata service per droplet (plain HTTP, no auth, like 169.254.169.254).
 
-Answers reflect the simulator's live state (optionally ``metadata_lag_s`` behind it):
+Answers reflect the simulator's live state, ``metadata_lag_s`` behind it (changeable at run
+time with ``Simulator.set_metadata_lag``):
 ``/metadata/v1/id``, ``hostname``, ``region``, ``interfaces/...``, ``reserved_ip/ipv4/active``
 (``true``/``false``), ``reserved_ip/ipv4/ip_address`` (only while active; 404 otherwise, as the
 ``ipv4/`` index then lists only ``active``), the ``floating_ip/ipv4/...`` twins, and
@@ -20,11 +21,12 @@ from typing import Any
 
 from aiohttp import web
 
-from hafloatd.lab.sim_faults import FaultInjector
-from hafloatd.lab.sim_scenario import SimDroplet
-from hafloatd.lab.sim_state import SimState
+from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.inflight import InflightHandlers
+from hafloatd.lab.sim.scenario import SimDroplet
+from hafloatd.lab.sim.state import SimState
 
-log = logging.getLogger("hafloatd.lab.metadata")
+log = logging.getLogger("hafloatd.lab.sim.metadata")
 
 # DigitalOcean's resolvers as droplets see them; text only, never contacted.
 NAMESERVERS = ("67.207.67.2", "67.207.67.3")
@@ -42,14 +44,13 @@ class MetadataServer:
         faults: FaultInjector,
         *,
         host: str,
-        lag_s: float = 0.0,
     ) -> None:
         self.droplet = droplet
         self._state = state
         self._faults = faults
         self._host = host
-        self._lag_s = lag_s
         self._runner: web.AppRunner | None = None
+        self._handlers = InflightHandlers()
         self.port: int | None = droplet.metadata_port or None
 
     @property
@@ -87,8 +88,14 @@ class MetadataServer:
         if runner is not None:
             await runner.cleanup()
             log.info("event=metadata_stopped droplet_id=%s", self.droplet.id)
+        # A handler held by metadata_slow whose client hung up outlives the runner's cleanup.
+        await self._handlers.cancel_all(timeout=1.0)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._handlers.track():
+            return await self._answer(request)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         droplet_id = self.droplet.id
         if self._faults.take("metadata_down", droplet_id=droplet_id) is not None:
             if request.transport is not None:
@@ -102,16 +109,16 @@ class MetadataServer:
         error = self._faults.take("metadata_error", droplet_id=droplet_id)
         if error is not None:
             return web.Response(status=error.status, text="error", content_type="text/plain")
-        document = metadata_document(self._state, droplet_id, self._lag_s)
+        document = metadata_document(self._state, droplet_id)
         if request.path == "/metadata/v1.json":
             return web.json_response(document)
         return _resolve(request.path, metadata_tree(document))
 
 
-def metadata_document(state: SimState, droplet_id: int, lag_s: float = 0.0) -> dict[str, Any]:
-    """What ``/metadata/v1.json`` answers for the droplet right now."""
+def metadata_document(state: SimState, droplet_id: int) -> dict[str, Any]:
+    """What ``/metadata/v1.json`` answers for the droplet right now (``metadata_lag_s`` behind)."""
     spec = state.droplets[droplet_id].spec
-    ip = state.metadata_ip(droplet_id, lag_s)
+    ip = state.metadata_ip(droplet_id)
     reserved: dict[str, Any] = (
         {"ipv4": {"active": True, "ip_address": ip}} if ip else {"ipv4": {"active": False}}
     )

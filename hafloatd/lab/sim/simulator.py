@@ -2,7 +2,7 @@
 
 Embedding (tests, the lab, benchmarks)::
 
-    from hafloatd.lab.simulator import Simulator, SimScenario, SimDroplet, SimReservedIp
+    from hafloatd.lab.sim import Simulator, SimScenario, SimDroplet, SimReservedIp
 
     scenario = SimScenario(
         droplets=(SimDroplet(id=1001, name="node1", region="nyc3"),
@@ -17,8 +17,9 @@ Embedding (tests, the lab, benchmarks)::
         sim.faults.server_errors(3, endpoint="post_action")
         await sim.wait_idle(5)
 
-Everything the simulator starts (listeners, connection tasks, action timers, the TLS
-temporary directory) is owned and released by ``stop()``. Nothing here imports from the
+Everything the simulator starts (listeners, connection tasks, request handlers still held by
+an injected delay after their client hung up, action timers, the TLS temporary directory) is
+owned and released by ``stop()``. Nothing here imports from the
 daemon's side of hafloatd.
 """
 
@@ -32,41 +33,18 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
-from hafloatd.lab.sim_api import ApiServer
-from hafloatd.lab.sim_faults import Fault, FaultError, FaultInjector
-from hafloatd.lab.sim_metadata import MetadataServer, metadata_document
-from hafloatd.lab.sim_proxy import ProxyStats, ReservedIpProxy
-from hafloatd.lab.sim_recording import Exchange, Recorder, SimCounters
-from hafloatd.lab.sim_scenario import (
-    REGION_NAMES,
-    ScenarioError,
-    SimDroplet,
-    SimReservedIp,
-    SimScenario,
-    scenario_from_mapping,
-)
-from hafloatd.lab.sim_state import SimAction, SimState
-from hafloatd.lab.sim_tls import TlsMaterial, TlsUnavailable, make_tls_material
+from hafloatd.lab.sim.actions import SimAction
+from hafloatd.lab.sim.api import ApiServer
+from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.metadata import MetadataServer, metadata_document
+from hafloatd.lab.sim.proxy import ProxyStats, ReservedIpProxy
+from hafloatd.lab.sim.recording import Exchange, Recorder, SimCounters
+from hafloatd.lab.sim.refusals import SimApiError, assign_target
+from hafloatd.lab.sim.scenario import SimScenario
+from hafloatd.lab.sim.state import SimState
+from hafloatd.lab.sim.tls import TlsMaterial, make_tls_material
 
-__all__ = [
-    "REGION_NAMES",
-    "Exchange",
-    "Fault",
-    "FaultError",
-    "FaultInjector",
-    "ProxyStats",
-    "ScenarioError",
-    "SimAction",
-    "SimCounters",
-    "SimDroplet",
-    "SimReservedIp",
-    "SimScenario",
-    "Simulator",
-    "TlsUnavailable",
-    "scenario_from_mapping",
-]
-
-log = logging.getLogger("hafloatd.lab.simulator")
+log = logging.getLogger("hafloatd.lab.sim.simulator")
 
 
 class Simulator:
@@ -118,9 +96,7 @@ class Simulator:
         )
         await self._api.start()
         for droplet in scenario.droplets:
-            server = MetadataServer(
-                droplet, state, self.faults, host=scenario.host, lag_s=scenario.metadata_lag_s
-            )
+            server = MetadataServer(droplet, state, self.faults, host=scenario.host)
             self._metadata[droplet.id] = server
             await server.start()
         for rip in scenario.reserved_ips:
@@ -208,9 +184,27 @@ class Simulator:
         """Where the proxy sends traffic while ``droplet_id`` holds an IP (``host:port``)."""
         self._require_state().set_backend(droplet_id, backend)
 
+    def holder_history(self, ip: str) -> list[tuple[float, int | None]]:
+        """``(time.monotonic(), holder)`` of ``ip``, oldest first: the holder at start, then one
+        entry per change (None: unassigned). Same clock as ``Exchange.received_monotonic``."""
+        return self._require_state().holder_history(ip)
+
+    def holder_at(self, ip: str, t: float) -> int | None:
+        """Who held ``ip`` at monotonic time ``t`` (before start: the holder at start).
+        LookupError for a time before the oldest change kept (the last 100,000 are)."""
+        return self._require_state().holder_at(ip, t)
+
     def force_holder(self, ip: str, droplet_id: int | None) -> None:
-        """Move ``ip`` out of band, with no action (someone used the control panel)."""
+        """Move ``ip`` at once, with no action and no lock (state surgery for a test's setup).
+        ``move_out_of_band`` is the realistic move."""
         self._require_state().force_holder(ip, droplet_id)
+
+    def move_out_of_band(self, ip: str, droplet_id: int | None) -> SimAction:
+        """Move ``ip`` as a person in the control panel would (None: unassign), without HTTP:
+        a normal action (``origin="out_of_band"``) under DigitalOcean's rules and the action
+        faults, ``ip`` locked until it completes ``action_delay`` later. Raises SimApiError
+        (``status``, ``error_id``, ``message``) where DigitalOcean would refuse."""
+        return self._require_state().move_out_of_band(ip, droplet_id)
 
     def actions(self, ip: str | None = None) -> list[SimAction]:
         """Every action (oldest first), or those of ``ip``."""
@@ -235,10 +229,21 @@ class Simulator:
         """Wait until ``ip`` is held by ``droplet_id`` (None: unassigned); TimeoutError."""
         await self._require_state().wait_holder(ip, droplet_id, timeout)
 
+    @property
+    def metadata_lag_s(self) -> float:
+        """How far behind the API's truth the metadata services answer, in seconds."""
+        return self._require_state().metadata_lag_s
+
+    def set_metadata_lag(self, lag_s: float) -> None:
+        """Change the metadata lag now, for every droplet: each answer from then on shows the
+        holder as of ``lag_s`` ago (raising it can show an older holder again, as a stale
+        metadata cache would). ValueError below 0 or not finite."""
+        self._require_state().set_metadata_lag(lag_s)
+
     def metadata_view(self, droplet_id: int) -> dict[str, Any]:
         """What the droplet's ``/metadata/v1.json`` answers now."""
         self._metadata_server(droplet_id)
-        return metadata_document(self._require_state(), droplet_id, self.scenario.metadata_lag_s)
+        return metadata_document(self._require_state(), droplet_id)
 
     async def stop_metadata(self, droplet_id: int) -> None:
         """Stop the droplet's metadata service: connections are refused until started."""
@@ -297,9 +302,14 @@ class Simulator:
             and (ip is None or e.ip == ip)
         ]
 
-    def posts(self, ip: str | None = None) -> list[Exchange]:
-        """POSTs of actions (on either path family), optionally for one IP."""
-        return self.requests("post_action", method="POST", ip=ip)
+    def posts(self, ip: str | None = None, *, droplet_id: int | None = None) -> list[Exchange]:
+        """POSTs of actions (on either path family), optionally for one IP and/or only the
+        assigns to ``droplet_id`` (read as the simulator reads the body: ``"1002"`` counts),
+        whatever their answer (``status``, ``state_changed`` say)."""
+        found = self.requests("post_action", method="POST", ip=ip)
+        if droplet_id is None:
+            return found
+        return [e for e in found if _assign_target(e) == droplet_id]
 
     @contextmanager
     def expect_invalid_requests(self, reason: str) -> Iterator[None]:
@@ -329,3 +339,10 @@ class Simulator:
         if server is None:
             raise KeyError(f"droplet {droplet_id} is not in the scenario")
         return server
+
+
+def _assign_target(exchange: Exchange) -> int | None:
+    try:
+        return assign_target(exchange.request_json())
+    except (ValueError, SimApiError):  # not JSON, or a body the simulator refused
+        return None

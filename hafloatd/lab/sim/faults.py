@@ -14,6 +14,8 @@ actions. Kinds:
 ``action_errored``  the next created action ends ``errored``; the IP does not move
 ``action_stuck``    the next created action stays ``in-progress`` (the IP stays locked) until
                     ``Simulator.finish_stuck_actions`` is called
+``action_slow``     the next created action takes ``delay_s`` longer than ``action_delay`` to
+                    finish (combines with ``action_errored``; a stuck action ignores it)
 ``metadata_down``   the metadata service resets every connection without answering
 ``metadata_slow``   the metadata service waits ``delay_s`` before answering
 ``metadata_empty``  the metadata service answers 200 with an empty body
@@ -39,6 +41,7 @@ FaultKind = Literal[
     "drop_connection",
     "action_errored",
     "action_stuck",
+    "action_slow",
     "metadata_down",
     "metadata_slow",
     "metadata_empty",
@@ -46,7 +49,8 @@ FaultKind = Literal[
 ]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 API_FAULT_KINDS = frozenset({"latency", "server_error", "rate_limit_storm", "drop_connection"})
-ACTION_FAULT_KINDS = frozenset({"action_errored", "action_stuck"})
+ACTION_FAULT_KINDS = frozenset({"action_errored", "action_stuck", "action_slow"})
+DELAY_FAULT_KINDS = frozenset({"latency", "metadata_slow", "action_slow"})
 METADATA_FAULT_KINDS = frozenset(
     {"metadata_down", "metadata_slow", "metadata_empty", "metadata_error"}
 )
@@ -144,7 +148,7 @@ class FaultInjector:
         chosen_status = default_status if status is None else status
         if not isinstance(chosen_status, int) or not 400 <= chosen_status <= 599:
             raise FaultError(f"status: must be an HTTP error status 400-599, got {status!r}")
-        if kind in ("latency", "metadata_slow") and delay_s <= 0:
+        if kind in DELAY_FAULT_KINDS and delay_s <= 0:
             raise FaultError(f"delay_s: a {kind} fault needs delay_s > 0")
         endpoints = _parse_endpoints(endpoint) if kind in API_FAULT_KINDS else None
         if kind == "metadata_down" and count is not None:
@@ -229,6 +233,12 @@ class FaultInjector:
     def stuck_actions(self, count: int | None = 1, *, ip: str | None = None) -> Fault:
         return self.add("action_stuck", count=count, ip=ip)
 
+    def slow_actions(
+        self, delay_s: float, count: int | None = 1, *, ip: str | None = None
+    ) -> Fault:
+        """The next ``count`` created actions finish ``delay_s`` later than ``action_delay``."""
+        return self.add("action_slow", delay_s=delay_s, count=count, ip=ip)
+
     def metadata_down(self, droplet_id: int | None = None) -> Fault:
         return self.add("metadata_down", droplet_id=droplet_id)
 
@@ -288,7 +298,7 @@ class FaultInjector:
 
     def total_delay(
         self,
-        kind: Literal["latency", "metadata_slow"],
+        kind: Literal["latency", "metadata_slow", "action_slow"],
         *,
         endpoint: str | None = None,
         ip: str | None = None,

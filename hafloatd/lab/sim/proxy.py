@@ -18,10 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from hafloatd.lab.sim_scenario import parse_backend
-from hafloatd.lab.sim_state import SimState
+from hafloatd.lab.sim.scenario import parse_backend
+from hafloatd.lab.sim.state import SimState
 
-log = logging.getLogger("hafloatd.lab.proxy")
+log = logging.getLogger("hafloatd.lab.sim.proxy")
 
 CONNECT_TIMEOUT_S = 5.0
 CHUNK = 65536
