@@ -1,22 +1,42 @@
 """YAML text into Python data, with where each key is written and which keys are duplicated.
 
-PyYAML's ``SafeLoader`` with two changes: ints remember their source text (``YamlInt``),
-and the document is walked as nodes before it is built, to record the line of every key
-path and report duplicate keys (plain PyYAML silently keeps the last one). Every YAML
-problem becomes a ``ConfigError`` with its line and column.
+PyYAML's ``SafeLoader``, changed so that no text can make it fail other than with a
+``ConfigError`` naming the line and column:
+
+* numbers remember their source text (``YamlInt``, ``YamlFloat``: see ``scalars``);
+* nesting deeper than ``MAX_DEPTH`` is refused before PyYAML's recursive composer would
+  exhaust the stack;
+* a value its explicit tag cannot build (``!!int two``, ``!!bool maybe``) and a character
+  YAML forbids (NUL, most control characters) are YAML errors like any other.
+
+The document is walked as nodes before it is built, to record the line of every key path
+and report duplicate keys (plain PyYAML silently keeps the last one).
 """
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+from yaml.reader import ReaderError
 
-from hafloatd.config.scalars import YamlInt
-from hafloatd.config.values import join_key
+from hafloatd.config.scalars import YamlFloat, YamlInt
+from hafloatd.config.values import clip, join_key, show_key
 from hafloatd.errors import ConfigError
 
+# No hafloatd key is nested more than 4 levels (control.allowed_users[0] is 3); far deeper
+# is a mistake or an attack, and PyYAML's composer recurses once per level.
+MAX_DEPTH = 32
+# A YAML problem is cut to this many characters (PyYAML quotes tags and tokens in full).
+_MAX_PROBLEM_CHARS = 160
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# What PyYAML's constructors raise, besides YAMLError, on a value their tag cannot build.
+_CONSTRUCT_ERRORS = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError)
 
 
 @dataclass
@@ -28,7 +48,10 @@ class Document:
 
 def read_yaml(text: str, source: str) -> Document:
     """The one YAML document in ``text``; ``ConfigError`` (naming ``source``) if unreadable."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character at once
+    except ReaderError as exc:
+        raise ConfigError(_character_problem(exc, text), source=source) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -40,13 +63,38 @@ def read_yaml(text: str, source: str) -> Document:
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(_yaml_problem(exc), source=source) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", source=source) from None
+        raise ConfigError(clip_problem(f"invalid YAML: {exc}"), source=source) from None
     finally:
         loader.dispose()
 
 
+def clip_problem(text: str, limit: int = _MAX_PROBLEM_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    line = " ".join(text.splitlines())
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader whose ints keep their source text (for ``control.mode``)."""
+    """SafeLoader with a nesting limit, numbers that keep their source text, and
+    constructors that fail as YAML errors."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ComposerError(
+                    None,
+                    None,
+                    f"nested more than {MAX_DEPTH} levels deep (hafloatd's keys need 4 at most)",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
@@ -54,7 +102,57 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     return YamlInt(value, node.value)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    value: float = loader.construct_yaml_float(node)
+    return YamlFloat(value, node.value)
+
+
+def _guarded(construct: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``construct``, raising ``ConstructorError`` at the node for what it cannot build."""
+
+    def guarded(loader: Any, node: Any) -> Any:
+        try:
+            result = construct(loader, node)
+        except _CONSTRUCT_ERRORS:
+            raise _cannot_build(node) from None
+        if isinstance(result, types.GeneratorType):  # collections are filled in later
+            return _guarded_filling(result, node)
+        return result
+
+    return guarded
+
+
+def _guarded_filling(filling: Iterator[Any], node: yaml.Node) -> Iterator[Any]:
+    try:
+        yield from filling
+    except _CONSTRUCT_ERRORS:
+        raise _cannot_build(node) from None
+
+
+def _cannot_build(node: yaml.Node) -> ConstructorError:
+    tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+    what = clip(repr(node.value)) if isinstance(node, yaml.ScalarNode) else "this value"
+    return ConstructorError(None, None, f"cannot read {what} as {clip(tag)}", node.start_mark)
+
+
+def _install_constructors() -> None:
+    _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+    _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+    for tag, construct in list(_Loader.yaml_constructors.items()):
+        _Loader.add_constructor(tag, _guarded(construct))
+
+
+_install_constructors()
+
+
+def _character_problem(exc: ReaderError, text: str) -> str:
+    position = int(exc.position)
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return (
+        f"line {line}, column {column}: invalid YAML: character U+{int(exc.character):04X} "
+        "is not allowed (write control characters as escapes in a double-quoted string)"
+    )
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
@@ -66,7 +164,7 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
         what = f"{exc.problem} ({exc.context})"
     else:
         what = exc.problem or exc.context or "unreadable document"
-    return f"{where}invalid YAML: {what}"
+    return clip_problem(f"{where}invalid YAML: {what}")
 
 
 def _walk_nodes(node: yaml.Node, path: str, document: Document, seen: set[int]) -> None:
@@ -79,7 +177,7 @@ def _walk_nodes(node: yaml.Node, path: str, document: Document, seen: set[int]) 
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
                 continue
-            child = join_key(path, key_node.value)
+            child = join_key(path, show_key(key_node.value))
             line = key_node.start_mark.line + 1
             if key_node.value in first_line:
                 document.problems.append(

@@ -14,6 +14,7 @@ through ``asyncio.to_thread`` on reload.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -24,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from hafloatd.config.document import read_yaml
-from hafloatd.config.scalars import BY_TYPE, Converter, name_or_id, to_mode
+from hafloatd.config.document import clip_problem, read_yaml
+from hafloatd.config.scalars import BY_TYPE, Converter, name_or_id, to_duration, to_mode
 from hafloatd.config.schema import CREDENTIAL_NAME, ApiConfig, Config, IpConfig, top_level_problems
 from hafloatd.config.values import (
     InvalidValue,
@@ -34,11 +35,15 @@ from hafloatd.config.values import (
     format_duration,
     join_key,
     show,
+    show_key,
     suggest,
 )
 from hafloatd.errors import ConfigError
 
 MAX_FILE_BYTES = 1024 * 1024
+# A file with more problems than this gets the first ones (in file order) and a count.
+MAX_PROBLEMS = 20
+_MAX_PROBLEM_CHARS = 300
 # Steady-state requests per hour one daemon may spend against api.digitalocean.com: the
 # limit is 5,000/hour per token, a pair usually shares one token, failovers need headroom.
 REQUEST_BUDGET_PER_HOUR = 1000
@@ -64,7 +69,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not valid UTF-8 (byte offset {exc.start})", source=source) from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"line {line}: not valid UTF-8 (byte offset {exc.start})", source=source
+        ) from None
     document = read_yaml(text, source)
     return _parse(document.data, source, document.lines, document.problems)
 
@@ -128,10 +136,13 @@ class _Reader:
 
     def error(self, source: str | None) -> ConfigError:
         ordered = sorted(self.problems, key=lambda p: math.inf if p[0] is None else p[0])
-        return ConfigError(
-            [text if line is None else f"{text} (line {line})" for line, text in ordered],
-            source=source,
-        )
+        shown = [
+            clip_problem(text, _MAX_PROBLEM_CHARS) + ("" if line is None else f" (line {line})")
+            for line, text in ordered[:MAX_PROBLEMS]
+        ]
+        if len(ordered) > MAX_PROBLEMS:
+            shown.append(f"... and {len(ordered) - MAX_PROBLEMS} more problems")
+        return ConfigError(shown, source=source)
 
     def fields(self, raw: object, cls: type[Any], path: str) -> tuple[dict[str, Any], bool] | None:
         """A mapping's keys converted to ``cls``'s field types, and whether every required
@@ -153,11 +164,11 @@ class _Reader:
             if not isinstance(key, str):
                 self.report(path, f"keys must be strings, got {show(key)}")
                 continue
-            key_path = join_key(path, key)
+            key_path = join_key(path, show_key(key))
             if key not in known:
                 self.report(key_path, _unknown_key(key, known, top_level=not path))
                 continue
-            converted = self.value(value, hints[key], key_path, _SPECIAL.get((cls.__name__, key)))
+            converted = self.value(value, hints[key], key_path, _converter(cls, key))
             if converted is _INVALID or (
                 isinstance(converted, _PartialList) and not converted.items
             ):
@@ -251,6 +262,13 @@ class _Reader:
             return _INVALID
         built = self.build(cls, fields[0], path)
         return _INVALID if built is None else built
+
+
+def _converter(cls: type[Any], key: str) -> Converter | None:
+    """The converter for ``cls.key`` when its annotation alone does not say enough."""
+    if key in getattr(cls, "MAX_SECONDS", {}):
+        return functools.partial(to_duration, at_most=cls.MAX_SECONDS[key])
+    return _SPECIAL.get((cls.__name__, key))
 
 
 def _type_hints(cls: type[Any]) -> dict[str, Any]:

@@ -10,21 +10,20 @@ is named under the section (``health.fall``); the loader re-keys it to where the
 from __future__ import annotations
 
 import ipaddress
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from hafloatd.config.values import (
     Problems,
     absolute_path,
     account,
     account_name,
+    duration,
     format_duration,
     freeze_lists,
     int_between,
     one_of,
-    positive_duration,
     raise_if_invalid,
     show,
     show_mode,
@@ -42,6 +41,15 @@ TOKEN_ENV_VAR = "HAFLOATD_DO_TOKEN"  # noqa: S105  (a variable name, not a secre
 CREDENTIAL_NAME = "do-token"
 DEFAULT_PATH = "/etc/hafloatd/hafloatd.yaml"
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes on Linux, one kept for the NUL
+
+# Upper bounds of durations (seconds), far above any sensible setting: a longer timeout
+# would outlast every Pacemaker operation waiting on it, a longer interval leaves the
+# state it refreshes stale for longer than anyone would want. They also keep a typo
+# (2h for 2s, 190:20:30) from being taken at its word. docs/configuration.md lists them.
+MAX_TIMEOUT = 60.0
+MAX_REQUEST_TIMEOUT = 120.0
+MAX_INTERVAL = 3600.0
+MAX_ACTION_POLL_INTERVAL = 60.0
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
@@ -65,6 +73,14 @@ class ApiConfig:
     user_agent: str = "hafloatd"
 
     _KEY: ClassVar[str] = "api"
+    # The upper bound of each duration field (every float field is one); the loader uses it too.
+    MAX_SECONDS: ClassVar[Mapping[str, float]] = {
+        "connect_timeout": MAX_TIMEOUT,
+        "request_timeout": MAX_REQUEST_TIMEOUT,
+        "keepalive_interval": MAX_INTERVAL,
+        "holder_check_interval": MAX_INTERVAL,
+        "action_poll_interval": MAX_ACTION_POLL_INTERVAL,
+    }
 
     def __post_init__(self) -> None:
         raise_if_invalid(self._KEY, self._problems())
@@ -90,8 +106,7 @@ class ApiConfig:
             yield from absolute_path("token_file", self.token_file)
         if self.ca_file is not None:
             yield from absolute_path("ca_file", self.ca_file)
-        yield from positive_duration("connect_timeout", self.connect_timeout)
-        yield from positive_duration("request_timeout", self.request_timeout)
+        yield from _durations(self)
         if 0 < self.request_timeout < self.connect_timeout:
             yield (
                 "connect_timeout",
@@ -99,10 +114,7 @@ class ApiConfig:
                 f"got {format_duration(self.connect_timeout)}",
             )
         yield from int_between("max_connections", self.max_connections, 1, 100)
-        yield from positive_duration("keepalive_interval", self.keepalive_interval)
-        yield from positive_duration("holder_check_interval", self.holder_check_interval)
-        yield from positive_duration("action_poll_interval", self.action_poll_interval)
-        if not self.user_agent.strip() or any(c in self.user_agent for c in "\r\n"):
+        if not self.user_agent.strip() or any(_is_control(c) for c in self.user_agent):
             yield "user_agent", f"must be a non-empty single line, got {show(self.user_agent)}"
 
 
@@ -116,6 +128,11 @@ class MetadataConfig:
     poll_interval: float = 1.0
 
     _KEY: ClassVar[str] = "metadata"
+    # The upper bound of each duration field (every float field is one); the loader uses it too.
+    MAX_SECONDS: ClassVar[Mapping[str, float]] = {
+        "timeout": MAX_TIMEOUT,
+        "poll_interval": MAX_INTERVAL,
+    }
 
     def __post_init__(self) -> None:
         raise_if_invalid(self._KEY, self._problems())
@@ -123,8 +140,7 @@ class MetadataConfig:
     def _problems(self) -> Problems:
         yield from url_problems("base_url", self.base_url)
         yield from absolute_path("cache_file", self.cache_file)
-        yield from positive_duration("timeout", self.timeout)
-        yield from positive_duration("poll_interval", self.poll_interval)
+        yield from _durations(self)
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,8 @@ class ControlConfig:
     max_line_bytes: int = 65536
 
     _KEY: ClassVar[str] = "control"
+    # The upper bound of each duration field (every float field is one); the loader uses it too.
+    MAX_SECONDS: ClassVar[Mapping[str, float]] = {"read_timeout": MAX_TIMEOUT}
 
     def __post_init__(self) -> None:
         freeze_lists(self, "allowed_users", "allowed_groups")
@@ -149,7 +167,7 @@ class ControlConfig:
 
     def _problems(self) -> Problems:
         yield from absolute_path("socket_path", self.socket_path)
-        size = len(os.fsencode(self.socket_path))
+        size = len(self.socket_path.encode("utf-8", "surrogatepass"))  # never fails
         if size > SUN_PATH_MAX:
             yield (
                 "socket_path",
@@ -175,7 +193,7 @@ class ControlConfig:
                 "must not be empty when allowed_groups is empty too: nobody could use the "
                 "socket (list root and hacluster)",
             )
-        yield from positive_duration("read_timeout", self.read_timeout)
+        yield from _durations(self)
         yield from int_between("max_connections", self.max_connections, 1, 1024)
         yield from int_between("max_line_bytes", self.max_line_bytes, 1024, 16 * 1024 * 1024)
 
@@ -240,6 +258,8 @@ class HealthConfig:
     body_contains: str | None = None
 
     _KEY: ClassVar[str] = "health"
+    # The upper bound of each duration field (every float field is one); the loader uses it too.
+    MAX_SECONDS: ClassVar[Mapping[str, float]] = {"interval": MAX_INTERVAL, "timeout": MAX_TIMEOUT}
 
     def __post_init__(self) -> None:
         freeze_lists(self, "expected_statuses")
@@ -247,8 +267,7 @@ class HealthConfig:
 
     def _problems(self) -> Problems:
         yield from url_problems("url", self.url)
-        yield from positive_duration("interval", self.interval)
-        yield from positive_duration("timeout", self.timeout)
+        yield from _durations(self)
         # A probe still running when the next is due would overlap or skew the cadence.
         if 0 < self.interval <= self.timeout:
             yield (
@@ -337,3 +356,14 @@ def top_level_problems(addresses: Sequence[str | None] | None, state_dir: str) -
         else:
             first_index[address] = index
     yield from absolute_path("state_dir", state_dir)
+
+
+def _durations(section: Any) -> Problems:
+    """Each of ``section``'s durations: > 0 and at most its bound in ``MAX_SECONDS``."""
+    for name, at_most in section.MAX_SECONDS.items():
+        yield from duration(name, getattr(section, name), at_most)
+
+
+def _is_control(char: str) -> bool:
+    """A C0 control or DEL, except tab: it would break a header line (CR, LF) or a request."""
+    return char != "\t" and (char < " " or char == "\x7f")

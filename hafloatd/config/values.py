@@ -26,6 +26,9 @@ Problems = Iterator[tuple[str, str]]
 _ACCOUNT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _TOKEN_LIKE = re.compile(r"do[opr]_v1_[0-9a-f]{16,}|\b[0-9a-f]{64}\b")
+# A value or key longer than this is cut in messages: a message stays one readable line.
+SHOWN_CHARS = 40
+PATH_MAX = 4096  # Linux: bytes of a path, including the terminating NUL
 
 
 class InvalidValue(Exception):
@@ -33,11 +36,13 @@ class InvalidValue(Exception):
 
 
 def format_duration(seconds: float) -> str:
-    """The YAML spelling of a duration: ``500ms``, ``2s``, ``1.5s``, ``5m``."""
+    """The YAML spelling of a duration: ``500ms``, ``2s``, ``1.5s``, ``5m``, ``1h``."""
     if not math.isfinite(seconds):
         return repr(seconds)
     if 0 < abs(seconds) < 1:
         return f"{seconds * 1000:g}ms"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
     if seconds >= 60 and seconds % 60 == 0:
         return f"{seconds / 60:g}m"
     return f"{seconds:g}s"
@@ -53,9 +58,9 @@ def split_host_port(listen: str) -> tuple[str, int]:
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isascii() or not port_text.isdigit():
         raise ValueError(wrong)
+    if len(port_text) > 5 or int(port_text) > 65535:
+        raise ValueError(f"port must be from 0 to 65535, got {clip(port_text)}")
     port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"port must be from 0 to 65535, got {port}")
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])
@@ -83,7 +88,8 @@ def is_host(host: str) -> bool:
 
 
 def show(value: object) -> str:
-    """A value as the user wrote it, for messages; anything token-like is redacted."""
+    """A value as the user wrote it, for messages: at most ``SHOWN_CHARS`` characters and
+    one line; anything token-like is redacted."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -95,14 +101,37 @@ def show(value: object) -> str:
     if isinstance(value, str):
         if _TOKEN_LIKE.search(value):
             return "<redacted: looks like an API token>"
-        return repr(value)
-    if isinstance(value, int | float):
-        return repr(int(value) if isinstance(value, int) else value)
+        return clip(repr(value))
+    if isinstance(value, int):
+        return _show_int(int(value))
+    if isinstance(value, float):
+        return clip(repr(value))
     return f"a {type(value).__name__}"
 
 
+def show_key(key: str) -> str:
+    """A mapping key for a key path: as written if short and printable, else quoted, clipped."""
+    if _TOKEN_LIKE.search(key):
+        return "<redacted: looks like an API token>"
+    if len(key) <= SHOWN_CHARS and key.isprintable():
+        return key
+    return clip(repr(key))
+
+
 def show_mode(mode: int) -> str:
-    return f"{mode:04o}" if mode >= 0 else str(mode)
+    return clip(f"{mode:04o}" if mode >= 0 else _show_int(mode))
+
+
+def clip(text: str) -> str:
+    """``text`` cut to ``SHOWN_CHARS`` characters, with an ellipsis when cut."""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+
+
+def _show_int(value: int) -> str:
+    try:
+        return clip(str(value))
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return f"a number of about {value.bit_length() * 0.30103:.0f} digits"
 
 
 def join_key(prefix: str, name: str) -> str:
@@ -145,21 +174,34 @@ def freeze_lists(instance: object, *names: str) -> None:
             object.__setattr__(instance, name, tuple(value))
 
 
-def positive_duration(name: str, seconds: float) -> Problems:
+def duration(name: str, seconds: float, at_most: float) -> Problems:
+    """A duration > 0 and at most ``at_most`` seconds (each key's bound is in ``schema``)."""
     if not (math.isfinite(seconds) and seconds > 0):
         yield name, f"must be a duration > 0, got {format_duration(seconds)}"
+    elif seconds > at_most:
+        yield name, f"must be at most {format_duration(at_most)}, got {format_duration(seconds)}"
 
 
 def int_between(name: str, value: int, low: int, high: int | None) -> Problems:
     if high is None and value < low:
-        yield name, f"must be an integer >= {low}, got {value}"
+        yield name, f"must be an integer >= {low}, got {show(value)}"
     elif high is not None and not low <= value <= high:
-        yield name, f"must be an integer from {low} to {high}, got {value}"
+        yield name, f"must be an integer from {low} to {high}, got {show(value)}"
 
 
 def absolute_path(name: str, path: str) -> Problems:
     if not os.path.isabs(path):
         yield name, f"must be an absolute path, got {show(path)}"
+        return
+    try:
+        size = len(os.fsencode(path))
+    except UnicodeError:
+        yield name, f"must be a path of valid characters, got {show(path)}"
+        return
+    if "\0" in path:
+        yield name, f"must not contain a NUL character, got {show(path)}"
+    elif size >= PATH_MAX:
+        yield name, f"must be shorter than {PATH_MAX} bytes, got {size} bytes"
 
 
 def one_of(name: str, value: object, literal: Any) -> Problems:
@@ -177,7 +219,12 @@ def url_problems(name: str, url: str) -> Problems:
     except ValueError:
         yield name, wrong
         return
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not url.isprintable()
+        or any(c.isspace() for c in url)
+    ):
         yield name, wrong
     elif parts.username is not None or parts.password is not None:
         yield name, "must not embed credentials (user:password@)"
@@ -194,7 +241,7 @@ def account(name: str, entry: str | int) -> Problems:
     """A user or group given by name or numeric id."""
     if isinstance(entry, int):
         if not 0 <= entry < 2**32 - 1:
-            yield name, f"must be a numeric id from 0 to {2**32 - 2}, got {entry}"
+            yield name, f"must be a numeric id from 0 to {2**32 - 2}, got {show(entry)}"
     else:
         yield from account_name(name, entry)
 
