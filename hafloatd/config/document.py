@@ -29,8 +29,8 @@ from hafloatd.config.scalars import YamlFloat, YamlInt
 from hafloatd.config.values import clip, join_key, show_key
 from hafloatd.errors import ConfigError
 
-# No hafloatd key is nested more than 4 levels (control.allowed_users[0] is 3); far deeper
-# is a mistake or an attack, and PyYAML's composer recurses once per level.
+# The deepest hafloatd value (control.allowed_users[0]) is 4 nodes down; far deeper is a
+# mistake or an attack, and PyYAML's composer recurses once per level.
 MAX_DEPTH = 32
 # A YAML problem is cut to this many characters (PyYAML quotes tags and tokens in full).
 _MAX_PROBLEM_CHARS = 160
