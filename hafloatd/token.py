@@ -3,9 +3,15 @@
 Sources, strongest first (``api.token_source``):
 
 - ``credential``: ``$CREDENTIALS_DIRECTORY/do-token`` (systemd ``LoadCredential=``).
-- ``file``: ``api.token_file``, a regular file readable by its owner only (``chmod 600``).
+- ``file``: ``api.token_file``, a regular file owned by root or by the daemon's own user
+  (its effective uid) and readable by its owner only (``chmod 600``): any other owner could
+  rewrite the token the daemon trusts, or read it back.
 - ``env``: ``$HAFLOATD_DO_TOKEN`` (weakest: the environment leaks into /proc and crash dumps).
 - ``auto``: credential, then ``api.token_file`` when set, then the environment.
+
+The credential is not checked for owner or mode: systemd creates it, private to the unit
+(owned by root or the service user, readable by the unit only), in a directory only the
+unit can reach.
 
 The secret lives in an ``ApiToken`` whose ``repr``/``str`` are masked; only ``reveal()`` gives it
 out, and only the API client calls that. Errors name the config key and the source, never the
@@ -16,6 +22,7 @@ daemon serves anything; callers inside a running loop use ``asyncio.to_thread(lo
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -122,12 +129,12 @@ def _from_credential(environ: Mapping[str, str], *, required: bool) -> LoadedTok
     if not required and not os.path.lexists(path):
         return None
     # systemd owns the credential directory's permissions (0400/0500, private to the unit).
-    secret = _read_secret(path, key="api.token_source (credential)", check_mode=False)
+    secret = _read_secret(path, key="api.token_source (credential)", check_access=False)
     return LoadedToken(ApiToken(secret), f"credential:{path}")
 
 
 def _from_file(path: str, *, key: str) -> LoadedToken:
-    secret = _read_secret(path, key=key, check_mode=True)
+    secret = _read_secret(path, key=key, check_access=True)
     return LoadedToken(ApiToken(secret), f"file:{path}")
 
 
@@ -141,7 +148,7 @@ def _from_env(environ: Mapping[str, str], *, required: bool) -> LoadedToken | No
     return LoadedToken(ApiToken(secret), f"env:{TOKEN_ENV_VAR}")
 
 
-def _read_secret(path: str, *, key: str, check_mode: bool) -> str:
+def _read_secret(path: str, *, key: str, check_access: bool) -> str:
     """Open without following a FIFO or device, check what it is, then read it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -149,8 +156,9 @@ def _read_secret(path: str, *, key: str, check_mode: bool) -> str:
         raise TokenError(f"{key}: {path} does not exist") from None
     except PermissionError:
         raise TokenError(
-            f"{key}: {path} is not readable by uid {os.geteuid()}, the daemon's user; make "
-            f"that user its owner (chown) and keep it private (chmod 600 {path})"
+            f"{key}: {path} is not readable by {_describe_user(os.geteuid())}, the daemon's "
+            f"user; make that user its owner and keep it private: run "
+            f"{_chown_command(path)} && chmod 600 {path}"
         ) from None
     except OSError as exc:
         raise TokenError(f"{key}: cannot open {path}: {exc.strerror}") from None
@@ -158,12 +166,8 @@ def _read_secret(path: str, *, key: str, check_mode: bool) -> str:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise TokenError(f"{key}: {path} is not a regular file; point it at a file")
-        if check_mode and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            mode = stat.S_IMODE(info.st_mode)
-            raise TokenError(
-                f"{key}: {path} is accessible by group or others (mode {mode:04o}); "
-                f"refusing to use it: run chmod 600 {path}"
-            )
+        if check_access:
+            _check_owner_and_mode(info, path, key=key)
         if info.st_size > MAX_TOKEN_BYTES:
             raise TokenError(
                 f"{key}: {path} is {info.st_size} bytes, too large for an API token; "
@@ -180,6 +184,45 @@ def _read_secret(path: str, *, key: str, check_mode: bool) -> str:
         raise TokenError(f"{key}: {path} is not UTF-8 text; it must hold only the token") from None
     _check_secret(secret, key=key, where=path)
     return secret
+
+
+def _check_owner_and_mode(info: os.stat_result, path: str, *, key: str) -> None:
+    """Owned by root or the daemon's user, and private to its owner; else the fix to run."""
+    group_or_world = info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+    chmod = f"chmod 600 {path}"
+    if info.st_uid not in (0, os.geteuid()):
+        owners = "root" if os.geteuid() == 0 else f"root or {_describe_user(os.geteuid())}"
+        raise TokenError(
+            f"{key}: {path} is owned by {_describe_user(info.st_uid)}, not by {owners} (the "
+            f"daemon's user): that user could change or read the token; refusing to use it: "
+            f"run {_chown_command(path)}" + (f" && {chmod}" if group_or_world else "")
+        )
+    if group_or_world:
+        mode = stat.S_IMODE(info.st_mode)
+        raise TokenError(
+            f"{key}: {path} is accessible by group or others (mode {mode:04o}); "
+            f"refusing to use it: run {chmod}"
+        )
+
+
+def _chown_command(path: str) -> str:
+    """The chown that gives ``path`` to the daemon's user: root, or the service user."""
+    euid = os.geteuid()
+    if euid == 0:
+        return f"chown root:root {path}"
+    return f"chown {_user_name(euid) or euid} {path}"
+
+
+def _describe_user(uid: int) -> str:
+    name = _user_name(uid)
+    return f"uid {uid} ({name})" if name else f"uid {uid}"
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 def _check_secret(secret: str, *, key: str, where: str) -> None:

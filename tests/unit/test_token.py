@@ -5,6 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import typing
 from pathlib import Path
 
 import pytest
@@ -96,6 +101,112 @@ def test_file_source_accepts_read_only_owner_file(tmp_path: Path) -> None:
     assert load_token(ApiConfig(token_source="file", token_file=str(path)), {}).token == ApiToken(
         SECRET
     )
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to other users")
+NOBODY = 65534
+DAEMON_UID = 1  # Debian's "daemon": a third user, neither root nor nobody
+REPO = Path(__file__).resolve().parents[2]
+
+
+@needs_root
+@pytest.mark.needs_root
+def test_file_owned_by_another_user_is_refused_with_the_chown_to_run(tmp_path: Path) -> None:
+    path = _write(tmp_path / "do-token", SECRET, mode=0o600)
+    os.chown(path, NOBODY, NOBODY)
+
+    with pytest.raises(TokenError) as info:
+        load_token(ApiConfig(token_source="file", token_file=str(path)), {})
+
+    message = str(info.value)
+    assert message.startswith(f"api.token_file: {path} is owned by uid {NOBODY} (nobody)")
+    assert message.endswith(f"run chown root:root {path}")
+    assert SECRET not in message
+
+
+@needs_root
+@pytest.mark.needs_root
+def test_file_with_wrong_owner_and_mode_gets_both_fixes(tmp_path: Path) -> None:
+    path = _write(tmp_path / "do-token", SECRET, mode=0o644)
+    os.chown(path, NOBODY, NOBODY)
+
+    with pytest.raises(TokenError) as info:
+        load_token(ApiConfig(token_source="auto", token_file=str(path)), {})
+
+    assert str(info.value).endswith(f"run chown root:root {path} && chmod 600 {path}")
+
+
+# A daemon running as a service user (not root), as a real process: prints the outcome.
+LOAD_AS_SERVICE_USER = """
+import sys
+from hafloatd.config import ApiConfig
+from hafloatd.errors import TokenError
+from hafloatd.token import load_token
+try:
+    loaded = load_token(ApiConfig(token_source="file", token_file=sys.argv[1]), {})
+except TokenError as exc:
+    print("refused:", exc)
+else:
+    print("loaded:", loaded.source)
+"""
+
+
+def _load_as_nobody(path: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AS_SERVICE_USER, str(path)],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def shared_dir() -> typing.Iterator[Path]:
+    """A directory the service user can reach (pytest's tmp_path is private to root)."""
+    directory = Path(tempfile.mkdtemp(prefix="hafloatd-token-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+@needs_root
+@pytest.mark.needs_root
+def test_service_user_accepts_its_own_file(shared_dir: Path) -> None:
+    path = _write(shared_dir / "do-token", SECRET, mode=0o600)
+    os.chown(path, NOBODY, NOBODY)
+
+    assert _load_as_nobody(path) == f"loaded: file:{path}"
+
+
+@needs_root
+@pytest.mark.needs_root
+def test_service_user_refuses_a_file_of_a_third_user(shared_dir: Path) -> None:
+    path = _write(shared_dir / "do-token", SECRET, mode=0o604)  # readable, so the owner decides
+    os.chown(path, DAEMON_UID, DAEMON_UID)
+
+    outcome = _load_as_nobody(path)
+
+    assert outcome.startswith(f"refused: api.token_file: {path} is owned by uid {DAEMON_UID}")
+    assert f"not by root or uid {NOBODY} (nobody)" in outcome
+    assert outcome.endswith(f"run chown nobody {path} && chmod 600 {path}")
+
+
+@needs_root
+@pytest.mark.needs_root
+def test_service_user_unable_to_read_a_root_file_is_told_the_chown(shared_dir: Path) -> None:
+    path = _write(shared_dir / "do-token", SECRET, mode=0o600)  # root's: nobody cannot open it
+
+    outcome = _load_as_nobody(path)
+
+    assert outcome.startswith(f"refused: api.token_file: {path} is not readable by uid {NOBODY}")
+    assert outcome.endswith(f"run chown nobody {path} && chmod 600 {path}")
 
 
 def test_file_source_refuses_a_directory(tmp_path: Path) -> None:
