@@ -129,11 +129,13 @@ async def test_role_survives_daemon_restart(simulator: Simulator, node1: DaemonN
 
 async def test_daemon_down_outcomes(node1: DaemonNode) -> None:
     await node1.stop()
-    assert (await node1.agent("monitor", interval_ms=0)).rc == OCF_NOT_RUNNING
-    assert (await node1.agent("stop")).rc == OCF_SUCCESS
-    monitor = await node1.agent("monitor", interval_ms=10000)
+    # each waits for the daemon until its deadline (0.5 s of a 1 s timeout), then answers
+    down = {"timeout_ms": 1000}
+    assert (await node1.agent("monitor", interval_ms=0, **down)).rc == OCF_NOT_RUNNING
+    assert (await node1.agent("stop", **down)).rc == OCF_SUCCESS
+    monitor = await node1.agent("monitor", interval_ms=10000, **down)
     assert monitor.rc == OCF_ERR_GENERIC
-    start = await node1.agent("start")
+    start = await node1.agent("start", **down)
     assert start.rc == OCF_ERR_GENERIC
     assert "unreachable" in start.exit_reason
 
@@ -142,12 +144,12 @@ async def test_api_down_start_fails_within_deadline(
     simulator: Simulator, node1: DaemonNode
 ) -> None:
     simulator.faults.server_errors(None, endpoint="post_action,get_reserved_ip", status=503)
-    loop = asyncio.get_running_loop()
-    began = loop.time()
     result = await node1.agent("start", timeout_ms=3000)
     assert result.rc == OCF_ERR_GENERIC
-    assert loop.time() - began < 3.0
-    assert result.exit_reason
+    # The daemon's own answer, within its 2.5 s deadline: not the agent giving up on a
+    # daemon still retrying (whose budget ends before Pacemaker's 3 s, see the unit tests).
+    assert "503" in result.exit_reason, result.exit_reason
+    assert "no answer to op=start" not in result.stderr
 
 
 async def test_sigterm_stops_daemon_cleanly_and_token_never_logged(node1: DaemonNode) -> None:
