@@ -5,7 +5,8 @@ resource.d/hafloatd/, the module and its bytecode, compiled by the agent's inter
 lib/hafloatd/) under a temporary root, then runs `hafloat monitor` N times (default 200)
 exactly as Pacemaker would (its shebang, a Pacemaker-like environment, a recurring-monitor
 interval) against a minimal reply server on a Unix socket, and in the same run, interleaved
-round-robin so drift hits every row alike:
+round-robin (each round starting one row later) so drift and position hit every row
+alike:
 
 - ``python3 -I -S -c pass`` with the agent's own interpreter: the floor for any Python agent;
 - ``/bin/sh -c true``: the floor for any agent at all;
@@ -162,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             row.wall_ms.clear()
             row.cpu_ms.clear()
         requests.clear()
-        for _ in range(args.runs):
-            for row in rows:
+        for round_no in range(args.runs):
+            # rotate who goes first: the row after the heavy recipe runs on colder caches
+            shift = round_no % len(rows)
+            for row in rows[shift:] + rows[:shift]:
                 row.run_once(tmp)
                 if args.idle_ms > 0:
                     time.sleep(args.idle_ms / 1000.0)
