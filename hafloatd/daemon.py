@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from hafloatd import __version__
+from hafloatd import __version__, stop_records
 from hafloatd.config import DEFAULT_PATH, Config, HealthConfig, IpConfig, load_config
 from hafloatd.control.protocol import ControlReply, ControlRequest
 from hafloatd.control.server import ControlServer
-from hafloatd.controller import IpController, OpResult, RoleStore
+from hafloatd.controller import IpController, OpResult, Role, RoleStore
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import DoApiClient
 from hafloatd.errors import (
@@ -149,6 +149,8 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._essential: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
+        # Set once stop records are applied: no request is answered from a role they change.
+        self._answering = asyncio.Event()
         self._force_exit = False
         self._reload_lock = asyncio.Lock()
         self._redact: RedactFilter | None = None
@@ -211,8 +213,13 @@ class Daemon:
             await self.probe.start()
         for ip_config in config.ips:
             self._add_controller(ip_config)
+        # Learn who holds the IPs before anyone can ask: a monitor answered from no view at
+        # all fails ("cannot confirm"), and Pacemaker would move the IP after a mere restart.
+        await self._poll_metadata()
         self.control = ControlServer(config.control, self, metrics=self.metrics)
         await self.control.start()
+        await self._apply_stop_records()
+        self._answering.set()
         self._spawn(self._metadata_loop(), "metadata-poll")
         self._spawn(self._holder_check_loop(), "holder-check")
         self._spawn(self._keep_warm_loop(), "keep-warm")
@@ -251,6 +258,7 @@ class Daemon:
 
     async def handle(self, request: ControlRequest) -> ControlReply:
         """The control protocol's dispatcher (DESIGN §7)."""
+        await self._answering.wait()
         if request.op == "status":
             return ControlReply(OCF_SUCCESS, "", self.status())
         controller = self.controllers.get(request.ip or "")
@@ -305,6 +313,29 @@ class Daemon:
             "ips": [controller.status() for controller in self.controllers.values()],
         }
 
+    async def _apply_stop_records(self) -> None:
+        """Stops the agent recorded while this daemon was down (see stop_records): run after
+        the control socket is bound, so a stop is either recorded by now or reaches us."""
+        directory = os.path.dirname(self.config.control.socket_path)
+        records = await asyncio.to_thread(stop_records.consume, directory, list(self.controllers))
+        for ip, record in records.items():
+            controller = self.controllers[ip]
+            changed_at = await asyncio.to_thread(stop_records.role_changed_at, self.roles.path(ip))
+            applied = stop_records.stops_the_role(record, changed_at)
+            log.info(
+                "event=stop_record ip=%s stopped_at=%.3f role_changed_at=%s resource=%s node=%s "
+                "role=%s applied=%s",
+                ip,
+                record.stopped_at,
+                "-" if changed_at is None else f"{changed_at:.3f}",
+                record.resource,
+                record.node,
+                controller.role.value,
+                applied,
+            )
+            if applied:
+                await controller._set_role(Role.STOPPED)  # persisted, like a delivered stop
+
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> bool:
@@ -354,9 +385,7 @@ class Daemon:
         for address in list(self.controllers):
             if address not in new_ips:
                 controller = self.controllers.pop(address)
-                log.warning(
-                    "event=ip_removed ip=%s role=%s", address, controller.role.value
-                )
+                log.warning("event=ip_removed ip=%s role=%s", address, controller.role.value)
                 await controller.close()
         for address, entry in new_ips.items():
             existing = self.controllers.get(address)
@@ -415,14 +444,19 @@ class Daemon:
         self.notifier.status(self._status_line())
 
     async def _metadata_loop(self) -> None:
-        assert self.metadata is not None
         while True:
-            interval = self.config.metadata.poll_interval
             asked_at = time.monotonic()
-            view = await self.metadata.reserved_ip(Deadline.after(self.config.metadata.timeout))
-            for address, controller in list(self.controllers.items()):
-                controller.observe_metadata(view.holds(address), asked_at=asked_at)
+            await self._poll_metadata()
+            interval = self.config.metadata.poll_interval
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - asked_at)))
+
+    async def _poll_metadata(self) -> None:
+        """Ask the metadata service once who holds each IP (bounded by its timeout)."""
+        assert self.metadata is not None
+        asked_at = time.monotonic()
+        view = await self.metadata.reserved_ip(Deadline.after(self.config.metadata.timeout))
+        for address, controller in list(self.controllers.items()):
+            controller.observe_metadata(view.holds(address), asked_at=asked_at)
 
     async def _holder_check_loop(self) -> None:
         while True:
@@ -444,9 +478,7 @@ class Daemon:
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str, *, essential: bool = True) -> None:
         """Start an owned task. An essential loop that dies stops the daemon (systemd restarts
         it); a one-shot task (reload) is forgotten once done."""
-        task = asyncio.get_running_loop().create_task(
-            self._guard(coro, name, essential), name=name
-        )
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name, essential), name=name)
         self._tasks.append(task)
         if not essential:
             task.add_done_callback(self._tasks.remove)

@@ -1,41 +1,52 @@
 """``hafloatd install-agent``: put the OCF agent (and, on request, the unit) where they belong.
 
-Installs from a source checkout of hafloatd (the tree holding ``ocf/``, ``systemd/`` and
-``config/`` next to the ``hafloatd`` package, as ``pip install -e`` leaves it):
+Installs from the files shipped inside the ``hafloatd`` package (``hafloatd/data``, read with
+``importlib.resources``; in the source tree these are the top-level ``ocf/``, ``systemd/``
+and ``config/`` directories), so a plain ``pip install`` is enough:
 
-- always: ``ocf/hafloat`` -> ``/usr/lib/ocf/resource.d/hafloatd/hafloat`` (0755);
+- always: the agent, as Pacemaker's OCF layout wants it: the launcher ``ocf/hafloat`` ->
+  ``/usr/lib/ocf/resource.d/hafloatd/hafloat`` (0755) and the agent module
+  ``ocf/hafloat_agent.py`` -> ``/usr/lib/ocf/lib/hafloatd/`` (0644), plus the module's
+  bytecode, compiled by the interpreter the launcher names (so its magic number and cache
+  tag match) into ``__pycache__/`` there;
 - ``--unit``: ``systemd/hafloatd.service`` -> ``/etc/systemd/system/`` with every ``Exec*=``
   line that runs ``hafloatd`` rewritten to the ``hafloatd`` script of the running
   interpreter, plus the sysusers.d / tmpfiles.d snippets found in ``systemd/``;
 - ``--config-example``: ``config/hafloatd.example.yaml`` -> ``/etc/hafloatd/`` (the live
   ``/etc/hafloatd/hafloatd.yaml`` is never written).
 
-Each file is written atomically (temporary file + rename) and only when its content or mode
-changes, so the command is idempotent. ``--root DIR`` installs under a prefix, ``--dry-run``
-only says what it would do. It never runs systemctl: it prints the next commands instead.
+Each file is written through ``fsutil.write_atomically`` and only when its content or mode
+changes (the bytecode: when it is not valid for the installed module), so the command is
+idempotent. ``--root DIR`` installs under a prefix, ``--dry-run`` only says what it would do.
+It never runs systemctl: it prints the next commands instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import os
 import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
-import hafloatd
+from hafloatd import agent_bytecode
 from hafloatd.errors import HafloatdError
+from hafloatd.fsutil import write_atomically
 
-AGENT_SOURCE = Path("ocf/hafloat")
-UNIT_SOURCE = Path("systemd/hafloatd.service")
-CONFIG_EXAMPLE_SOURCE = Path("config/hafloatd.example.yaml")
+AGENT_SOURCE = "ocf/hafloat"
+AGENT_MODULE_SOURCE = "ocf/hafloat_agent.py"
+UNIT_SOURCE = "systemd/hafloatd.service"
+CONFIG_EXAMPLE_SOURCE = "config/hafloatd.example.yaml"
 
 AGENT_DEST = Path("usr/lib/ocf/resource.d/hafloatd/hafloat")
+# $OCF_ROOT/lib/<provider>: where the launcher looks for the module (two levels up from it)
+AGENT_MODULE_DEST = Path("usr/lib/ocf/lib/hafloatd/hafloat_agent.py")
 UNIT_DEST = Path("etc/systemd/system/hafloatd.service")
 SYSUSERS_DEST = Path("etc/sysusers.d/hafloatd.conf")
 TMPFILES_DEST = Path("etc/tmpfiles.d/hafloatd.conf")
@@ -46,7 +57,6 @@ CONFIG_DEST = Path("etc/hafloatd/hafloatd.yaml")
 _HOME_DIRS = (Path("/home"), Path("/root"), Path("/run/user"))
 # Prefix characters systemd allows before an Exec*= program path (systemd.service(5)).
 _EXEC_PREFIXES = "@-:+!"
-
 Action = Literal["install", "update", "unchanged"]
 
 
@@ -58,7 +68,7 @@ class InstallError(HafloatdError):
 class InstallFile:
     """One file to put in place: where from, where to, exactly what, and its mode."""
 
-    source: Path
+    source: str
     dest: Path
     content: bytes
     mode: int
@@ -67,12 +77,21 @@ class InstallFile:
         """What writing it would change on disk."""
         try:
             current = self.dest.read_bytes()
-            current_mode = stat.S_IMODE(self.dest.stat().st_mode)
+            current_mode = _mode(self.dest)
         except FileNotFoundError:
             return "install"
         if current == self.content and current_mode == self.mode:
             return "unchanged"
         return "update"
+
+
+@dataclass(frozen=True)
+class Bytecode:
+    """The agent module's cached bytecode, compiled once the module is in place."""
+
+    module: Path  # the installed module, under the root
+    module_final: Path  # the same file as the agent will see it (without the root)
+    interpreter: str  # the agent's interpreter, from the launcher's shebang
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,7 @@ class Plan:
     files: tuple[InstallFile, ...]
     warnings: tuple[str, ...]
     next_steps: tuple[str, ...]
+    bytecode: Bytecode | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +133,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="the hafloatd source tree (default: the one holding the running package)",
+        help="a tree holding ocf/, systemd/ and config/ (default: the files shipped in the "
+        "installed hafloatd package)",
     )
     parser.add_argument(
         "--hafloatd-bin",
@@ -126,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        source = args.source if args.source is not None else source_tree()
+        source: Traversable = args.source if args.source is not None else packaged_files()
         want_unit = bool(args.unit or args.all)
         hafloatd_bin: Path | None = None
         if want_unit:
@@ -138,28 +159,29 @@ def main(args: argparse.Namespace) -> int:
             config_example=bool(args.config_example or args.all),
             hafloatd_bin=hafloatd_bin,
         )
-        for line in apply_plan(plan, dry_run=bool(args.dry_run)):
+        lines, warnings = apply_plan(plan, dry_run=bool(args.dry_run))
+        for line in lines:
             print(line)
     except (InstallError, OSError) as exc:
         print(f"hafloatd install-agent: error: {_describe(exc)}", file=sys.stderr)
         return 1
-    for warning in plan.warnings:
+    for warning in (*plan.warnings, *warnings):
         print(f"warning: {warning}", file=sys.stderr)
     for step in plan.next_steps:
         print(f"next: {step}")
     return 0
 
 
-def source_tree() -> Path:
-    """The checkout that holds the running ``hafloatd`` package and ``ocf/hafloat``."""
-    package_dir = Path(hafloatd.__file__).resolve().parent
-    tree = package_dir.parent
-    if not (tree / AGENT_SOURCE).is_file():
+def packaged_files() -> Traversable:
+    """The agent, unit, snippets and example config shipped in the package (``hafloatd/data``:
+    ``ocf/``, ``systemd/``, ``config/``)."""
+    data = importlib.resources.files("hafloatd").joinpath("data")
+    if not data.joinpath(AGENT_SOURCE).is_file():
         raise InstallError(
-            f"no {AGENT_SOURCE} next to the hafloatd package in {tree}: install-agent needs "
-            "a source checkout (pip install -e /path/to/hafloatd) or --source DIR"
+            f"the installed hafloatd package has no data/{AGENT_SOURCE} ({data}): reinstall "
+            "hafloatd, or pass --source DIR (a tree holding ocf/, systemd/ and config/)"
         )
-    return tree
+    return data
 
 
 def default_hafloatd_bin() -> Path:
@@ -178,7 +200,7 @@ def default_hafloatd_bin() -> Path:
 def make_plan(
     *,
     root: Path,
-    source: Path,
+    source: Traversable,
     unit: bool,
     config_example: bool,
     hafloatd_bin: Path | None,
@@ -188,13 +210,25 @@ def make_plan(
     warnings: list[str] = []
     next_steps: list[str] = []
 
-    agent = _read(source, AGENT_SOURCE)
-    files.append(InstallFile(source / AGENT_SOURCE, _dest(root, AGENT_DEST), agent, 0o755))
-    interpreter = _shebang_interpreter(agent)
-    if _is_real_root(root) and interpreter and not Path(interpreter).is_file():
+    launcher = _read(source, AGENT_SOURCE)
+    module = _read(source, AGENT_MODULE_SOURCE)
+    files.append(_file(source, AGENT_SOURCE, _dest(root, AGENT_DEST), launcher, 0o755))
+    files.append(_file(source, AGENT_MODULE_SOURCE, _dest(root, AGENT_MODULE_DEST), module, 0o644))
+    interpreter = _shebang_interpreter(launcher)
+    bytecode: Bytecode | None = None
+    if interpreter and Path(interpreter).is_file():
+        bytecode = Bytecode(
+            _dest(root, AGENT_MODULE_DEST), Path("/") / AGENT_MODULE_DEST, interpreter
+        )
+    elif _is_real_root(root):
         warnings.append(
-            f"the agent runs {interpreter}, which does not exist on this host: "
+            f"the agent runs {interpreter or '(no shebang)'}, which does not exist on this host: "
             "install python3 (apt-get install python3)"
+        )
+    else:
+        warnings.append(
+            f"{interpreter or '(no shebang)'} is not on this host: the agent module is not "
+            "compiled, so the agent compiles it on every run"
         )
 
     if unit:
@@ -202,12 +236,11 @@ def make_plan(
             raise InstallError("--unit needs the hafloatd executable: pass --hafloatd-bin PATH")
         unit_text = _read(source, UNIT_SOURCE).decode("utf-8")
         rewritten = rewrite_exec_paths(unit_text, hafloatd_bin)
-        files.append(
-            InstallFile(source / UNIT_SOURCE, _dest(root, UNIT_DEST), rewritten.encode(), 0o644)
-        )
+        files.append(_file(source, UNIT_SOURCE, _dest(root, UNIT_DEST), rewritten.encode(), 0o644))
         warnings.extend(executable_warnings(hafloatd_bin, rewritten))
         for snippet, dest, kind in _snippets(source):
-            files.append(InstallFile(snippet, _dest(root, dest), snippet.read_bytes(), 0o644))
+            name = f"systemd/{snippet.name}"
+            files.append(_file(source, name, _dest(root, dest), snippet.read_bytes(), 0o644))
             if kind == "sysusers":
                 next_steps.append(f"systemd-sysusers /{dest}")
             else:
@@ -216,14 +249,8 @@ def make_plan(
 
     if config_example:
         example = _read(source, CONFIG_EXAMPLE_SOURCE)
-        files.append(
-            InstallFile(
-                source / CONFIG_EXAMPLE_SOURCE,
-                _dest(root, CONFIG_EXAMPLE_DEST),
-                example,
-                0o644,
-            )
-        )
+        dest = _dest(root, CONFIG_EXAMPLE_DEST)
+        files.append(_file(source, CONFIG_EXAMPLE_SOURCE, dest, example, 0o644))
         if not _dest(root, CONFIG_DEST).exists():
             next_steps.insert(
                 0,
@@ -235,21 +262,62 @@ def make_plan(
             "put the DigitalOcean token in /etc/hafloatd/do-token (root-only, 0600): "
             "the unit's LoadCredential= hands it to the daemon"
         )
-    return Plan(tuple(files), tuple(warnings), tuple(next_steps))
+    return Plan(tuple(files), tuple(warnings), tuple(next_steps), bytecode)
 
 
-def apply_plan(plan: Plan, *, dry_run: bool) -> list[str]:
-    """Write the plan's files (unless ``dry_run``); one line per file saying what happened."""
+def apply_plan(plan: Plan, *, dry_run: bool) -> tuple[list[str], list[str]]:
+    """Write the plan's files (unless ``dry_run``), then compile the agent module.
+
+    Returns one line per file saying what happened, and warnings.
+    """
     lines: list[str] = []
+    module_changes = False
     for item in plan.files:
         action = item.action()
         verb = {"install": "installed", "update": "updated", "unchanged": "unchanged"}[action]
         if dry_run:
             verb = {"install": "would install", "update": "would update"}.get(action, verb)
         elif action != "unchanged":
-            _write_atomically(item.dest, item.content, item.mode)
+            write_atomically(item.dest, item.content, mode=item.mode, dir_mode=0o755)
+        if plan.bytecode is not None and item.dest == plan.bytecode.module:
+            module_changes = action != "unchanged"
         lines.append(f"{verb} {item.dest} ({item.mode:04o}) from {item.source}")
-    return lines
+    warnings: list[str] = []
+    if plan.bytecode is not None:
+        if dry_run and module_changes:
+            lines.append(f"would compile {plan.bytecode.module} with {plan.bytecode.interpreter}")
+        else:
+            try:
+                lines.append(install_bytecode(plan.bytecode, dry_run=dry_run))
+            except InstallError as exc:
+                # The agent still works: Python compiles a module whose cache is missing.
+                warnings.append(f"{exc}; the agent compiles its module on every run instead")
+    return lines, warnings
+
+
+def install_bytecode(bytecode: Bytecode, *, dry_run: bool) -> str:
+    """Compile the installed module with the agent's interpreter; put the result in its
+    ``__pycache__`` unless the one there is already valid for this module and interpreter."""
+    try:
+        name, content = agent_bytecode.compile_module(
+            bytecode.interpreter, bytecode.module, bytecode.module_final
+        )
+    except agent_bytecode.CompileError as exc:
+        raise InstallError(str(exc)) from None
+    dest = bytecode.module.parent / "__pycache__" / name
+    try:
+        current = dest.read_bytes()
+    except FileNotFoundError:
+        action: Action = "install"
+    else:
+        valid = agent_bytecode.is_current(current, content)
+        action = "unchanged" if valid and _mode(dest) == 0o644 else "update"
+    verb = {"install": "installed", "update": "updated", "unchanged": "unchanged"}[action]
+    if dry_run:
+        verb = {"install": "would install", "update": "would update"}.get(action, verb)
+    elif action != "unchanged":
+        write_atomically(dest, content, mode=0o644, dir_mode=0o755)
+    return f"{verb} {dest} (0644) compiled by {bytecode.interpreter}"
 
 
 def rewrite_exec_paths(unit_text: str, executable: Path) -> str:
@@ -314,32 +382,32 @@ def executable_warnings(executable: Path, unit_text: str) -> list[str]:
     return warnings
 
 
-def _snippets(source: Path) -> list[tuple[Path, Path, str]]:
+def _snippets(source: Traversable) -> list[tuple[Traversable, Path, str]]:
     """The sysusers.d / tmpfiles.d snippets present in ``systemd/`` (any naming)."""
-    found: list[tuple[Path, Path, str]] = []
-    systemd_dir = source / "systemd"
+    found: list[tuple[Traversable, Path, str]] = []
+    systemd_dir = source.joinpath("systemd")
     if not systemd_dir.is_dir():
         return found
+    entries = sorted((p for p in systemd_dir.iterdir() if p.is_file()), key=lambda p: p.name)
     for kind, dest in (("sysusers", SYSUSERS_DEST), ("tmpfiles", TMPFILES_DEST)):
-        matches = sorted(
-            p
-            for p in systemd_dir.rglob("*")
-            if p.is_file() and kind in p.relative_to(systemd_dir).as_posix().lower()
-        )
+        matches = [p for p in entries if kind in p.name.lower()]
         if len(matches) > 1:
-            names = ", ".join(str(p.relative_to(source)) for p in matches)
+            names = ", ".join(f"systemd/{p.name}" for p in matches)
             raise InstallError(f"more than one {kind} snippet in {systemd_dir}: {names}")
         if matches:
             found.append((matches[0], dest, kind))
     return found
 
 
-def _read(source: Path, relative: Path) -> bytes:
-    path = source / relative
+def _read(source: Traversable, relative: str) -> bytes:
     try:
-        return path.read_bytes()
+        return source.joinpath(relative).read_bytes()
     except FileNotFoundError:
         raise InstallError(f"{relative} is missing from the source tree {source}") from None
+
+
+def _file(source: Traversable, relative: str, dest: Path, content: bytes, mode: int) -> InstallFile:
+    return InstallFile(str(source.joinpath(relative)), dest, content, mode)
 
 
 def _dest(root: Path, relative: Path) -> Path:
@@ -348,36 +416,12 @@ def _dest(root: Path, relative: Path) -> Path:
     return root / relative
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 def _is_real_root(root: Path) -> bool:
     return root.absolute() == Path("/")
-
-
-def _write_atomically(dest: Path, content: bytes, mode: int) -> None:
-    _make_dirs(dest.parent)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(content)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _make_dirs(directory: Path) -> None:
-    missing: list[Path] = []
-    for parent in (directory, *directory.parents):
-        if parent.exists():
-            break
-        missing.append(parent)
-    for parent in reversed(missing):
-        parent.mkdir(mode=0o755, exist_ok=True)
-        # mkdir's mode is filtered by the umask; /usr/lib/ocf and /etc dirs must stay
-        # traversable by everyone (ocf-tester runs meta-data as nobody).
-        os.chmod(parent, 0o755)  # noqa: S103
 
 
 def _shebang_interpreter(script: bytes) -> str:

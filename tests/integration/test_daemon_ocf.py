@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -129,25 +130,88 @@ async def test_role_survives_daemon_restart(simulator: Simulator, node1: DaemonN
 
 async def test_daemon_down_outcomes(node1: DaemonNode) -> None:
     await node1.stop()
-    assert (await node1.agent("monitor", interval_ms=0)).rc == OCF_NOT_RUNNING
-    assert (await node1.agent("stop")).rc == OCF_SUCCESS
-    monitor = await node1.agent("monitor", interval_ms=10000)
+    # each waits for the daemon until its deadline (0.5 s of a 1 s timeout), then answers
+    down = {"timeout_ms": 1000}
+    assert (await node1.agent("monitor", interval_ms=0, **down)).rc == OCF_NOT_RUNNING
+    assert (await node1.agent("stop", **down)).rc == OCF_SUCCESS
+    monitor = await node1.agent("monitor", interval_ms=10000, **down)
     assert monitor.rc == OCF_ERR_GENERIC
-    start = await node1.agent("start")
+    start = await node1.agent("start", **down)
     assert start.rc == OCF_ERR_GENERIC
     assert "unreachable" in start.exit_reason
+
+
+async def kill_daemon(node: DaemonNode) -> None:
+    """SIGKILL, as the OOM killer or a crash would: no cleanup, the socket file stays."""
+    assert node.proc is not None
+    node.proc.kill()
+    await node.proc.wait()
+    await node.stop()  # forget the reaped process
+
+
+@pytest.mark.parametrize("holder_answer_delay_s", [0.0, 0.3])
+async def test_recurring_monitor_waits_out_a_daemon_restart(
+    simulator: Simulator, node1: DaemonNode, holder_answer_delay_s: float
+) -> None:
+    # Defect 10: systemd restarts a killed daemon in ~2 s; a monitor falling into that gap
+    # must not answer "failed" (Pacemaker would move the IP for nothing). Nor may the
+    # restarted daemon answer it before it knows who holds the IP (slow sources show it).
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
+    await kill_daemon(node1)
+    if holder_answer_delay_s:
+        simulator.faults.metadata_slow(holder_answer_delay_s, droplet_id=node1.droplet_id)
+        simulator.faults.latency(holder_answer_delay_s, endpoint="get_reserved_ip")
+    monitor = asyncio.ensure_future(node1.agent("monitor", interval_ms=10000))
+    done, _ = await asyncio.wait({monitor}, timeout=1.0)  # systemd's RestartSec, shortened
+    assert not done, f"answered while the daemon was down: {monitor.result()}"
+    await node1.start()
+    result = await monitor
+    assert result.rc == OCF_SUCCESS, result.stderr
+
+
+async def test_stop_while_the_daemon_is_down_holds_after_its_restart(
+    simulator: Simulator, node1: DaemonNode
+) -> None:
+    # Defect 6: a stop answered while the daemon is down must not be undone by its restart
+    # (the persisted role said started: "resource might be active on 2 nodes").
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
+    await kill_daemon(node1)
+    stop = await node1.agent("stop")
+    assert stop.rc == OCF_SUCCESS
+    assert "assumed stopped" in stop.stderr
+    record = Path(node1.socket_path).parent / f"stopped-{IP}"
+    assert record.is_file()
+    await node1.start()
+    assert not record.exists()  # consumed by the daemon
+    assert (await node1.agent("monitor", interval_ms=0)).rc == OCF_NOT_RUNNING
+    assert (await node1.agent("monitor", interval_ms=10000)).rc == OCF_NOT_RUNNING
+    assert await node1.stop() == 0  # and persisted: a clean restart keeps it
+    await node1.start()
+    assert (await node1.agent("monitor", interval_ms=0)).rc == OCF_NOT_RUNNING
+    assert len(simulator.posts(IP)) == 1
+
+
+async def test_stop_record_older_than_a_later_start_is_ignored(node1: DaemonNode) -> None:
+    assert (await node1.agent("start")).rc == OCF_SUCCESS
+    await kill_daemon(node1)
+    record = Path(node1.socket_path).parent / f"stopped-{IP}"
+    # a stop recorded before the start that the role file remembers
+    record.write_text(f'{{"ip":"{IP}","stopped_at":{time.time() - 3600},"resource":null}}\n')
+    await node1.start()
+    assert not record.exists()
+    assert (await node1.agent("monitor", interval_ms=0)).rc == OCF_SUCCESS
 
 
 async def test_api_down_start_fails_within_deadline(
     simulator: Simulator, node1: DaemonNode
 ) -> None:
     simulator.faults.server_errors(None, endpoint="post_action,get_reserved_ip", status=503)
-    loop = asyncio.get_running_loop()
-    began = loop.time()
     result = await node1.agent("start", timeout_ms=3000)
     assert result.rc == OCF_ERR_GENERIC
-    assert loop.time() - began < 3.0
-    assert result.exit_reason
+    # The daemon's own answer, within its 2.5 s deadline: not the agent giving up on a
+    # daemon still retrying (whose budget ends before Pacemaker's 3 s, see the unit tests).
+    assert "503" in result.exit_reason, result.exit_reason
+    assert "no answer to op=start" not in result.stderr
 
 
 async def test_sigterm_stops_daemon_cleanly_and_token_never_logged(node1: DaemonNode) -> None:

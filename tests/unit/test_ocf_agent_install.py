@@ -1,14 +1,17 @@
 """``hafloatd install-agent``: the agent, the unit and the example config, under ``--root``.
 
-Most tests build their own small source tree, so they do not depend on what ``systemd/`` and
-``config/`` hold today; the ones using the real checkout skip when a file is not there yet.
+Most tests build their own small source tree (``--source``), so they do not depend on what
+``systemd/`` and ``config/`` hold today; the others install what the package ships.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,10 @@ from hafloatd import cli, install
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "ocf" / "hafloat"
+AGENT_MODULE = REPO / "ocf" / "hafloat_agent.py"
+INSTALLED_AGENT = Path("usr/lib/ocf/resource.d/hafloatd/hafloat")
+INSTALLED_MODULE = Path("usr/lib/ocf/lib/hafloatd/hafloat_agent.py")
+INTERPRETER = "/usr/bin/python3"  # the launcher's shebang
 
 UNIT = """\
 [Unit]
@@ -40,6 +47,7 @@ def source(tmp_path: Path) -> Path:
     tree = tmp_path / "src"
     (tree / "ocf").mkdir(parents=True)
     (tree / "ocf" / "hafloat").write_bytes(AGENT.read_bytes())
+    (tree / "ocf" / "hafloat_agent.py").write_bytes(AGENT_MODULE.read_bytes())
     (tree / "systemd").mkdir()
     (tree / "systemd" / "hafloatd.service").write_text(UNIT, encoding="utf-8")
     (tree / "systemd" / "hafloatd.sysusers.conf").write_text("u hafloatd -\n", encoding="utf-8")
@@ -83,17 +91,92 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def needs_interpreter() -> None:
+    if not Path(INTERPRETER).is_file():
+        pytest.skip(f"{INTERPRETER} (the agent's interpreter) is not installed")
+
+
+def cached_bytecode(root: Path) -> list[Path]:
+    return sorted((root / INSTALLED_MODULE.parent / "__pycache__").glob("hafloat_agent.*.pyc"))
+
+
+def loads_from_cache(root: Path) -> bool:
+    """Whether the installed agent's import takes the module from its bytecode cache."""
+    result = subprocess.run(
+        [INTERPRETER, "-I", "-S", "-v", str(root / INSTALLED_AGENT), "meta-data"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    # -v says "# <dir>/__pycache__/hafloat_agent.<tag>.pyc matches <dir>/hafloat_agent.py"
+    # then "# code object from '<that .pyc>'" (from '<the .py>' when it compiled the source)
+    lines = [line for line in result.stderr.splitlines() if str(root) in line]
+    return any(
+        "/__pycache__/hafloat_agent." in line and line.endswith("/hafloat_agent.py")
+        for line in lines
+    ) and any(line.startswith("# code object from '") and ".pyc'" in line for line in lines)
+
+
 def test_agent_is_installed_under_the_ocf_provider_directory_with_mode_0755(
     root: Path, source: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run("--root", str(root), "--source", str(source)) == 0
-    agent = root / "usr/lib/ocf/resource.d/hafloatd/hafloat"
+    agent = root / INSTALLED_AGENT
     assert agent.read_bytes() == AGENT.read_bytes()
     assert mode(agent) == 0o755
     for directory in (agent.parent, agent.parent.parent, root / "usr"):
         assert mode(directory) == 0o755  # nobody (ocf-tester) must reach the agent
-    assert f"installed {agent} (0755)" in capsys.readouterr().out
+    module = root / INSTALLED_MODULE
+    assert module.read_bytes() == AGENT_MODULE.read_bytes()
+    assert mode(module) == 0o644
+    assert mode(module.parent) == 0o755
+    out = capsys.readouterr().out
+    assert f"installed {agent} (0755)" in out
+    assert f"installed {module} (0644)" in out
     assert not (root / "etc").exists()  # only the agent without --unit/--config-example
+
+
+def test_agent_module_is_compiled_by_the_agents_interpreter_and_used(
+    root: Path, source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    needs_interpreter()
+    assert run("--root", str(root), "--source", str(source)) == 0
+    [pyc] = cached_bytecode(root)
+    tag = subprocess.run(
+        [INTERPRETER, "-I", "-S", "-c", "import sys; print(sys.implementation.cache_tag)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert pyc.name == f"hafloat_agent.{tag}.pyc"
+    assert mode(pyc) == 0o644 and mode(pyc.parent) == 0o755
+    assert f"installed {pyc} (0644) compiled by {INTERPRETER}" in capsys.readouterr().out
+    before = pyc.read_bytes()
+    assert loads_from_cache(root)  # the installed launcher finds the module and its cache
+    assert pyc.read_bytes() == before
+
+
+def test_stale_or_foreign_bytecode_is_replaced(root: Path, source: Path) -> None:
+    needs_interpreter()
+    assert run("--root", str(root), "--source", str(source)) == 0
+    [pyc] = cached_bytecode(root)
+    pyc.write_bytes(b"\0" * 16 + b"not the agent's bytecode")
+    assert run("--root", str(root), "--source", str(source)) == 0
+    assert loads_from_cache(root)
+
+
+def test_without_the_agents_interpreter_the_module_is_installed_uncompiled(
+    root: Path, source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    launcher = source / "ocf" / "hafloat"
+    launcher.write_text(
+        launcher.read_text().replace("#!/usr/bin/python3", "#!/nonexistent/python3", 1)
+    )
+    assert run("--root", str(root), "--source", str(source)) == 0
+    assert (root / INSTALLED_MODULE).is_file()
+    assert cached_bytecode(root) == []
+    assert "compiles it on every run" in capsys.readouterr().err
 
 
 def test_install_is_idempotent_and_says_unchanged(
@@ -101,8 +184,11 @@ def test_install_is_idempotent_and_says_unchanged(
 ) -> None:
     assert run("--root", str(root), "--source", str(source)) == 0
     capsys.readouterr()
+    files = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
     assert run("--root", str(root), "--source", str(source)) == 0
-    assert capsys.readouterr().out.startswith("unchanged ")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("unchanged ") for line in lines), lines
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == files
 
 
 def test_changed_agent_or_mode_is_updated_atomically(root: Path, source: Path) -> None:
@@ -114,6 +200,9 @@ def test_changed_agent_or_mode_is_updated_atomically(root: Path, source: Path) -
     assert agent.read_bytes() == AGENT.read_bytes()
     assert mode(agent) == 0o755
     assert [p.name for p in agent.parent.iterdir()] == ["hafloat"]  # no temporary left
+    assert [p.name for p in (root / INSTALLED_MODULE).parent.iterdir() if p.is_file()] == [
+        "hafloat_agent.py"
+    ]
 
 
 def test_dry_run_writes_nothing(
@@ -248,8 +337,15 @@ def test_no_warning_for_a_reachable_executable_outside_home(hafloatd_bin: Path) 
     assert install.executable_warnings(hafloatd_bin, UNIT) == []
 
 
-def test_source_tree_is_the_checkout_holding_the_package() -> None:
-    assert install.source_tree() == REPO
+def test_packaged_files_are_the_top_level_directories() -> None:
+    # hafloatd/data/{ocf,systemd,config} ship the top-level directories as package data
+    packaged = install.packaged_files()
+    for relative in ("ocf/hafloat", "ocf/hafloat_agent.py", "systemd/hafloatd.service"):
+        assert packaged.joinpath(relative).read_bytes() == (REPO / relative).read_bytes()
+    assert (
+        packaged.joinpath("config/hafloatd.example.yaml").read_bytes()
+        == (REPO / "config/hafloatd.example.yaml").read_bytes()
+    )
 
 
 def test_add_arguments_defaults_install_only_the_agent_at_the_real_root() -> None:
@@ -269,8 +365,54 @@ def test_real_checkout_installs_completely_under_a_root(
     assert run("--all", "--root", str(root), "--hafloatd-bin", str(hafloatd_bin)) == 0
     unit = (root / "etc/systemd/system/hafloatd.service").read_text(encoding="utf-8")
     assert f"ExecStart={hafloatd_bin} run" in unit
-    assert (root / "usr/lib/ocf/resource.d/hafloatd/hafloat").read_bytes() == AGENT.read_bytes()
+    assert (root / INSTALLED_AGENT).read_bytes() == AGENT.read_bytes()
+    assert (root / INSTALLED_MODULE).read_bytes() == AGENT_MODULE.read_bytes()
+    assert (root / "etc/sysusers.d/hafloatd.conf").read_bytes() == (
+        REPO / "systemd/hafloatd.sysusers.conf"
+    ).read_bytes()
     assert (root / "etc/hafloatd/hafloatd.example.yaml").read_bytes() == (
         REPO / "config/hafloatd.example.yaml"
     ).read_bytes()
     assert "error" not in capsys.readouterr().err
+
+
+def test_plain_install_into_a_fresh_venv_installs_everything(tmp_path: Path) -> None:
+    # What an operator does: pip install (not editable), then install-agent --all. The files
+    # must come from the installed package, not from a checkout next to it.
+    needs_interpreter()
+    venv, wheels, root = tmp_path / "venv", tmp_path / "wheels", tmp_path / "root"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip_env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # The wheel is built with this venv's setuptools and installed without dependencies, so
+    # the test downloads nothing; install-agent needs none of them (cli imports lazily).
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(wheels), str(REPO)],
+        check=True, timeout=300, env=pip_env, capture_output=True,
+    )  # fmt: skip
+    [wheel] = wheels.glob("hafloatd-*.whl")
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        check=True, timeout=300, env=pip_env, capture_output=True,
+    )  # fmt: skip
+    result = subprocess.run(
+        [str(venv / "bin" / "hafloatd"), "install-agent", "--all", "--root", str(root)],
+        cwd=tmp_path,  # nowhere near the checkout
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (root / INSTALLED_AGENT).read_bytes() == AGENT.read_bytes()
+    assert (root / INSTALLED_MODULE).read_bytes() == AGENT_MODULE.read_bytes()
+    assert cached_bytecode(root)
+    unit = (root / "etc/systemd/system/hafloatd.service").read_text(encoding="utf-8")
+    assert f"ExecStart={venv / 'bin' / 'hafloatd'} run" in unit
+    for relative, source in (
+        ("etc/sysusers.d/hafloatd.conf", "systemd/hafloatd.sysusers.conf"),
+        ("etc/hafloatd/hafloatd.example.yaml", "config/hafloatd.example.yaml"),
+    ):
+        assert (root / relative).read_bytes() == (REPO / source).read_bytes()
+    site = venv.glob("lib/python3*/site-packages/hafloatd/data/ocf/hafloat")
+    assert [path.is_symlink() for path in site] == [False]  # a copy, not a link to REPO
