@@ -1,0 +1,46 @@
+"""Last-resort teardown for a process exiting with a cluster still built.
+
+Every ``Cluster`` registers a synchronous cleanup (SIGKILL its nodes' PIDs, delete its
+namespaces and bridge) while it is built. It runs from ``atexit``, and SIGTERM/SIGHUP are
+turned into ``SystemExit`` so ``finally`` blocks and then ``atexit`` run instead of the
+process vanishing with namespaces left behind. Ctrl-C needs nothing here: ``asyncio.run``
+cancels the main task on SIGINT, and the harness's ``finally`` blocks tear down.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+_CLEANUPS: dict[int, Callable[[], None]] = {}
+_STATE = {"installed": False}
+
+
+def register(key: int, cleanup: Callable[[], None]) -> None:
+    _CLEANUPS[key] = cleanup
+    if _STATE["installed"]:
+        return
+    _STATE["installed"] = True
+    atexit.register(run_all)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _exit_on_signal)
+
+
+def unregister(key: int) -> None:
+    _CLEANUPS.pop(key, None)
+
+
+def run_all() -> None:
+    for key, cleanup in list(_CLEANUPS.items()):
+        with contextlib.suppress(Exception):
+            cleanup()
+        _CLEANUPS.pop(key, None)
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
