@@ -31,6 +31,7 @@ REQUIRED_COMMANDS: dict[str, str] = {
     "mount": "mount",
 }
 SYSTEM_PYTHON = "/usr/bin/python3"
+COMMAND_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_DIR = "/usr/lib/ocf/resource.d"
 SCRATCH = "hafl-capcheck"
 
@@ -50,14 +51,15 @@ class CapabilityReport:
         return "cannot build the two-node Pacemaker lab here: " + "; ".join(self.missing)
 
 
-async def check_capabilities() -> CapabilityReport:
+async def check_capabilities(search_path: str = COMMAND_PATH) -> CapabilityReport:
+    """Every problem found, each with the fix (``search_path``: where commands are looked for)."""
     report = CapabilityReport()
     if os.geteuid() != 0:
         report.missing.append("not root (namespaces, mounts and Pacemaker need root)")
         return report
     absent: dict[str, list[str]] = {}
     for command, package in REQUIRED_COMMANDS.items():
-        if shutil.which(command, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        if shutil.which(command, path=search_path) is None:
             absent.setdefault(package, []).append(command)
     for package, commands in absent.items():
         report.missing.append(f"{', '.join(commands)} not found (apt-get install {package})")
@@ -65,7 +67,7 @@ async def check_capabilities() -> CapabilityReport:
         report.missing.append(f"{SYSTEM_PYTHON} not found (apt-get install python3)")
     if not await asyncio.to_thread(os.path.isdir, AGENT_DIR):
         report.missing.append(f"{AGENT_DIR} missing (apt-get install resource-agents)")
-    if shutil.which("nginx", path="/usr/sbin:/usr/bin") is None:
+    if shutil.which("nginx", path=search_path) is None:
         report.notes.append(
             "nginx is not installed: each node runs the stand-in web server "
             "(apt-get install nginx-light for the real one)"

@@ -190,14 +190,19 @@ class Cluster:
             return []
         self._torn_down = True
         namespaces = [n.pid_ns for n in self.nodes if n.pid_ns]
+        # Links up first: a TCP socket of a killed process still retransmits its FIN, and
+        # keeps its network namespace (and the veth) alive for minutes if it cannot.
+        with contextlib.suppress(ClusterError):
+            await self.heal()
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(save_daemon_log, node)
             await node.crash()
+        # A network namespace lives on while a process of the node is still being reaped.
+        left = await _wait_namespaces_empty(namespaces)
         if self.sim is not None:
             await self.sim.stop()
-        left = await self.network.delete()
-        left += await _wait_namespaces_empty(namespaces)
+        left += await self.network.delete()
         teardown.unregister(id(self))
         if self._own_workdir and not self.keep:
             await asyncio.to_thread(shutil.rmtree, self.workdir, True)
@@ -292,18 +297,38 @@ class Cluster:
                 f"timed out after {timeout:g}s waiting for {what}; crm_mon: {seen}"
             ) from None
 
-    def pacemaker_log(self, since: float = 0.0) -> list[str]:
-        """Every node's pacemaker.log lines (each prefixed with the node's name)."""
+    def pacemaker_log(self, mark: dict[str, int] | None = None) -> list[str]:
+        """Every node's pacemaker.log lines, each prefixed with the node's name; with ``mark``
+        (from ``log_mark``) only the lines written since."""
         lines = []
         for node in self.nodes:
-            with contextlib.suppress(FileNotFoundError):
-                for line in node.pacemaker_log.read_text(errors="replace").splitlines():
-                    lines.append(f"{node.name}: {line}")
+            try:
+                text = node.pacemaker_log.read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            skip = (mark or {}).get(node.name, 0)
+            lines += [f"{node.name}: {line}" for line in text.splitlines()[skip:]]
         return lines
 
-    async def active_on_two_nodes(self) -> list[str]:
-        """Pacemaker's "active on 2 nodes" complaints, from every node's log."""
-        lines = await asyncio.to_thread(self.pacemaker_log)
+    async def log_mark(self) -> dict[str, int]:
+        """How many lines each node's pacemaker.log has now."""
+
+        def count() -> dict[str, int]:
+            found = {}
+            for node in self.nodes:
+                try:
+                    found[node.name] = len(
+                        node.pacemaker_log.read_text(errors="replace").splitlines()
+                    )
+                except FileNotFoundError:
+                    found[node.name] = 0
+            return found
+
+        return await asyncio.to_thread(count)
+
+    async def active_on_two_nodes(self, mark: dict[str, int] | None = None) -> list[str]:
+        """Pacemaker's "active on 2 nodes" complaints in every node's log (since ``mark``)."""
+        lines = await asyncio.to_thread(self.pacemaker_log, mark)
         return [line for line in lines if "active on 2 nodes" in line]
 
     async def move(self, to: ClusterNode) -> None:
@@ -453,7 +478,7 @@ class Cluster:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-async def _wait_namespaces_empty(namespaces: list[str], timeout: float = 10.0) -> list[str]:
+async def _wait_namespaces_empty(namespaces: list[str], timeout: float = 20.0) -> list[str]:
     """Processes still in the nodes' pid namespaces after ``timeout`` (a leak)."""
     stray: list[int] = []
     for _ in range(int(timeout / 0.05)):

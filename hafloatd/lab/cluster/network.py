@@ -144,9 +144,13 @@ class Network:
             await run(["ip", "netns", "del", ns], check=False)
         if self.created_bridge:
             await run(["ip", "link", "del", spec.bridge], check=False)
+        # Deleting a veth's host end also removes the end inside a namespace that something
+        # (an orphaned socket) still keeps alive; absent ends are simply not found.
+        for i in self._indexes():
+            await run(["ip", "link", "del", spec.veth_host(i)], check=False)
         # Deleting a namespace (and the veth ends inside it) finishes asynchronously.
         left: list[str] = []
-        for _ in range(100):
+        for _ in range(300):  # up to 15 s
             links = {link["ifname"] for link in await _ip_json("link", "show")}
             netns = {n["name"] for n in await _ip_json("netns", "list")}
             left = [n for n in self.created_netns if n in netns]

@@ -21,6 +21,7 @@ class FailedAction:
     exit_reason: str
     task: str
     interval_ms: int
+    status: str = ""  # "complete", "Timed Out", ... (how the operation ended)
 
 
 @dataclass
@@ -121,6 +122,7 @@ def parse_crm_mon(text: str) -> ClusterStatus:
                 exit_reason=failure.get("exitreason", ""),
                 task=failure.get("task", ""),
                 interval_ms=int(failure.get("interval", "0") or 0),
+                status=failure.get("status", ""),
             )
         )
     for constraint in root.findall("bans/ban"):
