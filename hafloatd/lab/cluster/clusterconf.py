@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hafloatd.lab.cluster.procs import run
+from hafloatd.lab.cluster.procs import CLEAN_ENV, run
 
 RESOURCE_ID = "FloatIP"
 AGENT = "ocf:hafloatd:hafloat"
@@ -170,3 +171,9 @@ def daemon_config(
     if health is not None:
         config["health"] = health.to_yaml()
     return config
+
+
+async def install_agent() -> None:
+    """``hafloatd install-agent``: how every node gets ``ocf:hafloatd:hafloat``."""
+    env = {**CLEAN_ENV, "HOME": "/root"}
+    await run([sys.executable, "-m", "hafloatd.cli", "install-agent"], env=env, timeout=60)

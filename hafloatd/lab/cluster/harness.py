@@ -19,8 +19,6 @@ import dataclasses
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -38,28 +36,24 @@ from hafloatd.lab.cluster.clusterconf import (
     ResourceSpec,
     corosync_conf,
     daemon_config,
-    seed_cib,
+    install_agent,
 )
+from hafloatd.lab.cluster.daemonctl import METRICS_PORT, ip_status
 from hafloatd.lab.cluster.network import Network, NetworkSpec
 from hafloatd.lab.cluster.node import ClusterNode
 from hafloatd.lab.cluster.nodefiles import (
+    pacemaker_line_counts,
+    pacemaker_lines,
+    prepare_cluster_files,
     save_daemon_log,
-    write_cluster_files,
     write_daemon_files,
 )
-from hafloatd.lab.cluster.procs import (
-    CLEAN_ENV,
-    ClusterError,
-    Completed,
-    pids_in_namespace,
-    run,
-)
+from hafloatd.lab.cluster.procs import ClusterError, Completed, wait_namespaces_empty
 from hafloatd.lab.cluster.status import ClusterStatus, parse_crm_mon
 from hafloatd.lab.simulator import SimDroplet, SimReservedIp, SimScenario, Simulator
 
 Progress = Callable[[str], None]
 FIRST_DROPLET_ID = 1001
-METRICS_PORT = 9310
 
 
 class CapabilityError(ClusterError):
@@ -199,7 +193,7 @@ class Cluster:
                 await asyncio.to_thread(save_daemon_log, node)
             await node.crash()
         # A network namespace lives on while a process of the node is still being reaped.
-        left = await _wait_namespaces_empty(namespaces)
+        left = await wait_namespaces_empty(namespaces)
         if self.sim is not None:
             await self.sim.stop()
         left += await self.network.delete()
@@ -299,36 +293,16 @@ class Cluster:
 
     def pacemaker_log(self, mark: dict[str, int] | None = None) -> list[str]:
         """Every node's pacemaker.log lines, each prefixed with the node's name; with ``mark``
-        (from ``log_mark``) only the lines written since."""
-        lines = []
-        for node in self.nodes:
-            try:
-                text = node.pacemaker_log.read_text(errors="replace")
-            except FileNotFoundError:
-                continue
-            skip = (mark or {}).get(node.name, 0)
-            lines += [f"{node.name}: {line}" for line in text.splitlines()[skip:]]
-        return lines
+        (from ``log_mark``) only the lines written since. Synchronous: use to_thread."""
+        return pacemaker_lines(self.nodes, mark)
 
     async def log_mark(self) -> dict[str, int]:
         """How many lines each node's pacemaker.log has now."""
-
-        def count() -> dict[str, int]:
-            found = {}
-            for node in self.nodes:
-                try:
-                    found[node.name] = len(
-                        node.pacemaker_log.read_text(errors="replace").splitlines()
-                    )
-                except FileNotFoundError:
-                    found[node.name] = 0
-            return found
-
-        return await asyncio.to_thread(count)
+        return await asyncio.to_thread(pacemaker_line_counts, self.nodes)
 
     async def active_on_two_nodes(self, mark: dict[str, int] | None = None) -> list[str]:
         """Pacemaker's "active on 2 nodes" complaints in every node's log (since ``mark``)."""
-        lines = await asyncio.to_thread(self.pacemaker_log, mark)
+        lines = await asyncio.to_thread(pacemaker_lines, self.nodes, mark)
         return [line for line in lines if "active on 2 nodes" in line]
 
     async def move(self, to: ClusterNode) -> None:
@@ -341,6 +315,19 @@ class Cluster:
     async def cleanup(self, node: ClusterNode | None = None) -> None:
         """``crm_resource --cleanup``: forget failures, probe again."""
         await self.crm("crm_resource", "--cleanup", "-r", RESOURCE_ID, node=node)
+
+    async def wait_healthy(self, node: ClusterNode, timeout: float = 60.0) -> None:
+        """Until ``node``'s hafloatd reports its health probe up."""
+        health = ""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    health = str((await ip_status(node, self.ip)).get("health"))
+                    if health == "up":
+                        return
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise ClusterError(f"hafloatd on {node.name} still reports health {health!r}") from None
 
     async def constraints(self) -> list[str]:
         """Ids of every constraint in the CIB."""
@@ -404,6 +391,11 @@ class Cluster:
             if "hafloatd" not in node.services or not node.services["hafloatd"].running:
                 await node.start_hafloatd()
         await self.wait_for(lambda s: s.all_online(len(self.nodes)), timeout, "both nodes online")
+        if self.spec.health is not None:
+            # A restarted nginx counts only after `rise` good probes: until then a start there
+            # succeeds and its first monitor fails.
+            for node in self.nodes:
+                await self.wait_healthy(node, timeout)
         await self.crm("crm_resource", "--clear", "-r", RESOURCE_ID, check=False)
         await self.cleanup()
 
@@ -438,15 +430,11 @@ class Cluster:
     async def _cluster_files(self) -> None:
         """Agent installed, seed CIB with the resource, corosync.conf and key, per node."""
         await install_agent()
-        seed = self.workdir / "cib.seed.xml"
-        self.pcs_line = await seed_cib(seed, self.spec.resource, self.spec.dc_deadtime)
-        authkey = self.workdir / "authkey"
-        await run(["corosync-keygen", "-k", str(authkey)], timeout=30)
-        conf = corosync_conf(
-            {n.name: n.address for n in self.nodes}, self.spec.token_ms, self.spec.cluster_name
-        )
-        for node in self.nodes:
-            await asyncio.to_thread(write_cluster_files, node, seed, authkey, conf)
+        self.pcs_line = await prepare_cluster_files(
+            self.nodes, self.workdir, self.spec.resource, self.spec.dc_deadtime,
+            corosync_conf({n.name: n.address for n in self.nodes}, self.spec.token_ms,
+                          self.spec.cluster_name),
+        )  # fmt: skip
 
     async def _write_daemon_files(self, node: ClusterNode) -> None:
         config = daemon_config(
@@ -463,35 +451,8 @@ class Cluster:
 
     def _sync_teardown(self) -> None:
         """For ``teardown.run_all``: SIGKILL every known PID, delete namespaces and bridge."""
-        for node in self.nodes:
-            for pid in [node.init_pid, *(s.pid for s in node.services.values())]:
-                if pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-        for ns in self.network.created_netns:
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        if self.network.created_bridge:
-            subprocess.run(
-                ["ip", "link", "del", self.spec.network.bridge], check=False, capture_output=True
-            )
+        pids = [p for n in self.nodes for p in [n.init_pid, *(s.pid for s in n.services.values())]]
+        bridge = self.spec.network.bridge if self.network.created_bridge else None
+        teardown.hard_teardown(pids, self.network.created_netns, bridge)
         if self._own_workdir and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-async def _wait_namespaces_empty(namespaces: list[str], timeout: float = 20.0) -> list[str]:
-    """Processes still in the nodes' pid namespaces after ``timeout`` (a leak)."""
-    stray: list[int] = []
-    for _ in range(int(timeout / 0.05)):
-        stray = []
-        for namespace in namespaces:
-            stray += await asyncio.to_thread(pids_in_namespace, namespace)
-        if not stray:
-            return []
-        await asyncio.sleep(0.05)
-    return [f"pid {pid} still in a node's pid namespace" for pid in stray]
-
-
-async def install_agent() -> None:
-    """``hafloatd install-agent``: how every node gets ``ocf:hafloatd:hafloat``."""
-    env = {**CLEAN_ENV, "HOME": "/root"}
-    await run([sys.executable, "-m", "hafloatd.cli", "install-agent"], env=env, timeout=60)

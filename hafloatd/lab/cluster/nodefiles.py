@@ -1,11 +1,14 @@
-"""The files a node starts from, written in its directory with the owners and modes the
-packages would give them: the CIB (hacluster, 0600), corosync's key (0400) and
-configuration, hafloatd's configuration and token file (root, 0600). At teardown, the
-daemon's stamped log. Synchronous: the harness calls these through ``asyncio.to_thread``.
+"""The files a node starts from, and the logs it leaves.
+
+Written in each node's directory with the owners and modes the packages would give them:
+the CIB (hacluster, 0600), corosync's key (0400) and configuration, hafloatd's
+configuration and token file (root, 0600). Read back: Pacemaker's log; at teardown, the
+daemon's stamped log is saved. The synchronous helpers run through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import os
 import pwd
@@ -16,7 +19,23 @@ from typing import Any
 import yaml
 
 from hafloatd.fsutil import write_atomically
+from hafloatd.lab.cluster.clusterconf import ResourceSpec, seed_cib
 from hafloatd.lab.cluster.node import ClusterNode
+from hafloatd.lab.cluster.procs import run
+
+
+async def prepare_cluster_files(
+    nodes: list[ClusterNode], workdir: Path, resource: ResourceSpec, dc_deadtime: str, conf: str
+) -> str:
+    """Seed CIB (with the resource), a corosync key, both in every node's directory with
+    ``conf``; returns the pcs line that created the resource."""
+    seed = workdir / "cib.seed.xml"
+    pcs_line = await seed_cib(seed, resource, dc_deadtime)
+    authkey = workdir / "authkey"
+    await run(["corosync-keygen", "-k", str(authkey)], timeout=30)
+    for node in nodes:
+        await asyncio.to_thread(write_cluster_files, node, seed, authkey, conf)
+    return pcs_line
 
 
 def write_cluster_files(node: ClusterNode, seed: Path, authkey: Path, conf: str) -> None:
@@ -39,16 +58,31 @@ def write_cluster_files(node: ClusterNode, seed: Path, authkey: Path, conf: str)
 def write_daemon_files(node: ClusterNode, config: dict[str, Any], token: str) -> None:
     node.make_dirs()
     write_atomically(node.token_path, (token + "\n").encode(), mode=0o600)
-    write_daemon_config(node, config)
+    config_text = yaml.safe_dump(config, sort_keys=False).encode()
+    write_atomically(node.config_path, config_text, mode=0o600)
 
 
-def write_daemon_config(node: ClusterNode, config: dict[str, Any]) -> None:
-    write_atomically(node.config_path, yaml.safe_dump(config, sort_keys=False).encode(), mode=0o600)
+def pacemaker_lines(nodes: list[ClusterNode], mark: dict[str, int] | None = None) -> list[str]:
+    """Each node's pacemaker.log lines (prefixed with the node's name), after ``mark``."""
+    lines: list[str] = []
+    for node in nodes:
+        try:
+            text = node.pacemaker_log.read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        skip = (mark or {}).get(node.name, 0)
+        lines += [f"{node.name}: {line}" for line in text.splitlines()[skip:]]
+    return lines
 
 
-def read_daemon_config(node: ClusterNode) -> dict[str, Any]:
-    loaded = yaml.safe_load(node.config_path.read_text())
-    return dict(loaded) if isinstance(loaded, dict) else {}
+def pacemaker_line_counts(nodes: list[ClusterNode]) -> dict[str, int]:
+    counts = {}
+    for node in nodes:
+        try:
+            counts[node.name] = len(node.pacemaker_log.read_text(errors="replace").splitlines())
+        except FileNotFoundError:
+            counts[node.name] = 0
+    return counts
 
 
 def save_daemon_log(node: ClusterNode) -> None:

@@ -168,3 +168,16 @@ def pids_in_namespace(namespace: str) -> list[int]:
         ):
             found.append(int(entry))
     return found
+
+
+async def wait_namespaces_empty(namespaces: list[str], timeout: float = 20.0) -> list[str]:
+    """What is still in the given pid namespaces after ``timeout`` (a leak); empty: none."""
+    stray: list[int] = []
+    for _ in range(int(timeout / 0.05)):
+        stray = []
+        for namespace in namespaces:
+            stray += await asyncio.to_thread(pids_in_namespace, namespace)
+        if not stray:
+            return []
+        await asyncio.sleep(0.05)
+    return [f"pid {pid} still in a node's pid namespace" for pid in stray]

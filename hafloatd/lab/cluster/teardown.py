@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import signal
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 _CLEANUPS: dict[int, Callable[[], None]] = {}
@@ -44,3 +46,15 @@ def run_all() -> None:
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
+
+
+def hard_teardown(pids: Sequence[int | None], netns: Sequence[str], bridge: str | None) -> None:
+    """SIGKILL ``pids``, delete the namespaces and the bridge; synchronous, never raises."""
+    for pid in pids:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for name in netns:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+    if bridge is not None:
+        subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True)
