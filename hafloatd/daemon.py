@@ -49,9 +49,7 @@ REPLY_MARGIN_S = 0.05
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", "-c", default=DEFAULT_PATH, help="configuration file"
-    )
+    parser.add_argument("--config", "-c", default=DEFAULT_PATH, help="configuration file")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -353,9 +351,7 @@ class Daemon:
         for address in list(self.controllers):
             if address not in new_ips:
                 controller = self.controllers.pop(address)
-                log.warning(
-                    "event=ip_removed ip=%s role=%s", address, controller.role.value
-                )
+                log.warning("event=ip_removed ip=%s role=%s", address, controller.role.value)
                 await controller.close()
         for address, entry in new_ips.items():
             existing = self.controllers.get(address)
@@ -443,9 +439,7 @@ class Daemon:
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str, *, essential: bool = True) -> None:
         """Start an owned task. An essential loop that dies stops the daemon (systemd restarts
         it); a one-shot task (reload) is forgotten once done."""
-        task = asyncio.get_running_loop().create_task(
-            self._guard(coro, name, essential), name=name
-        )
+        task = asyncio.get_running_loop().create_task(self._guard(coro, name, essential), name=name)
         self._tasks.append(task)
         if not essential:
             task.add_done_callback(self._tasks.remove)

@@ -452,7 +452,11 @@ class Cluster:
     def _sync_teardown(self) -> None:
         """For ``teardown.run_all``: SIGKILL every known PID, delete namespaces and bridge."""
         pids = [p for n in self.nodes for p in [n.init_pid, *(s.pid for s in n.services.values())]]
-        bridge = self.spec.network.bridge if self.network.created_bridge else None
-        teardown.hard_teardown(pids, self.network.created_netns, bridge)
+        net = self.spec.network
+        links = [
+            net.veth_host(n.index) for n in self.nodes if n.netns in self.network.created_netns
+        ]
+        links += [net.bridge] if self.network.created_bridge else []
+        teardown.hard_teardown(pids, self.network.created_netns, links)
         if self._own_workdir and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)

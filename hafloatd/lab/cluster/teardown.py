@@ -48,13 +48,14 @@ def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def hard_teardown(pids: Sequence[int | None], netns: Sequence[str], bridge: str | None) -> None:
-    """SIGKILL ``pids``, delete the namespaces and the bridge; synchronous, never raises."""
+def hard_teardown(pids: Sequence[int | None], netns: Sequence[str], links: Sequence[str]) -> None:
+    """SIGKILL ``pids``, delete the namespaces and the links (the bridge, the host ends of
+    the veths: they go even while something still keeps a namespace alive)."""
     for pid in pids:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     for name in netns:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-    if bridge is not None:
-        subprocess.run(["ip", "link", "del", bridge], check=False, capture_output=True)
+    for link in links:
+        subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from hafloatd.lab import drill as agent_only
 from hafloatd.lab.cluster import (
@@ -100,21 +103,56 @@ def main(args: argparse.Namespace) -> int:
         print("hafloatd lab: " + "; ".join(problems), file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_main(args, drills))
+        return asyncio.run(_interruptible(_main(args, drills)))
     except (ClusterError, agent_only.LabError) as exc:
         print(f"hafloatd lab: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("hafloatd lab: interrupted; the lab was torn down", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"hafloatd lab: interrupted ({signal.Signals(signum).name}); everything it "
+              "started was stopped and its namespaces deleted", file=sys.stderr)  # fmt: skip
+        return 128 + signum
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+async def _interruptible(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main``; SIGINT, SIGTERM or SIGHUP cancels it, so every ``finally`` (the
+    cluster's teardown) runs inside the loop. Installed whatever the inherited disposition:
+    a shell starting the lab in the background leaves SIGINT ignored, but the lab's
+    namespaces must go whenever it is told to stop."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
 
 
 async def _main(args: argparse.Namespace, drills: list[str]) -> int:
     report = await check_capabilities()
-    if args.agent_only or not report.ok:
-        why = "--agent-only" if args.agent_only else report.explain()
+    fallback = agent_only_reason(report, args.agent_only)
+    if fallback is not None:
         say(
-            f"hafloatd lab: agent-only drill, NO Pacemaker cluster ({why}): "
+            f"hafloatd lab: agent-only drill, NO Pacemaker cluster ({fallback}): "
             "the OCF agent is executed directly, the way Pacemaker would run it"
         )
         return await agent_only.run_lab(
