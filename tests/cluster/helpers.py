@@ -1,4 +1,7 @@
-"""What the cluster tests share: a client of the reserved IP, waits, the POST record, logs."""
+"""What the cluster tests share: a client of the reserved IP, waits, the POST record, logs.
+
+The simulator is reached only through ``Cluster.simulator`` (its recorded exchanges are
+typed ``Any`` here), so the simulator's import path lives in the harness alone."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import aiohttp
 from hafloatd.lab.cluster import Cluster, ClusterError, ClusterNode
 from hafloatd.lab.cluster.daemonctl import monitors_answered
 from hafloatd.lab.drill import TrafficProbe
-from hafloatd.lab.sim_recording import Exchange
 
 
 @contextlib.asynccontextmanager
@@ -44,17 +46,17 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         raise AssertionError(f"timed out after {timeout:g}s waiting for {what}") from None
 
 
-def posts(cluster: Cluster, since: int = 0) -> list[Exchange]:
+def posts(cluster: Cluster, since: int = 0) -> list[Any]:
     """Every assign/unassign POST the API received for the reserved IP, from index ``since``."""
     return cluster.simulator.posts(cluster.ip)[since:]
 
 
-def accepted(exchanges: list[Exchange]) -> list[Exchange]:
+def accepted(exchanges: list[Any]) -> list[Any]:
     """The POSTs that created an action (the ones that can move the IP)."""
     return [e for e in exchanges if e.state_changed]
 
 
-def assign_targets(exchanges: list[Exchange]) -> list[int]:
+def assign_targets(exchanges: list[Any]) -> list[int]:
     return [int(e.request_json().get("droplet_id", 0)) for e in accepted(exchanges)]
 
 

@@ -5,11 +5,11 @@ module; each test starts from a healthy baseline (``healthy``)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
 from hafloatd.lab.cluster import Cluster, ClusterSpec, HealthSpec
-from hafloatd.lab.sim_faults import FaultInjector
 from tests.cluster.helpers import (
     accepted,
     answered_by,
@@ -89,11 +89,11 @@ async def test_move_and_back_cost_one_post_each_and_clear_leaves_no_constraint(
     assert status.failures == [] and status.total_fail_count() == 0, status.summary()
 
 
-def _server_errors(faults: FaultInjector) -> None:
+def _server_errors(faults: Any) -> None:
     faults.server_errors(3, endpoint="post_action", status=503)
 
 
-def _rate_limit_storm(faults: FaultInjector) -> None:
+def _rate_limit_storm(faults: Any) -> None:
     faults.rate_limit_storm(3, endpoint="post_action", retry_after_s=1)
 
 
