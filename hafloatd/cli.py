@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("hafloatd.config_cli", "validate a configuration file"),
     "status": ("hafloatd.status", "show the daemon's state per reserved IP"),
     "simulator": ("hafloatd.lab.sim.cli", "run the DigitalOcean simulator"),
-    "lab": ("hafloatd.lab.drill", "run the failover lab: simulator, two nodes, a drill"),
+    "lab": ("hafloatd.lab.drills.cli", "run the failover lab: a real two-node Pacemaker cluster"),
     "install-agent": ("hafloatd.install", "install the OCF agent, unit and example config"),
 }
 

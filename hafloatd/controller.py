@@ -577,8 +577,9 @@ class IpController:
             # A failed stop blocks the resource until cleanup; the next node's assign moves the
             # IP anyway, so report the problem without failing the stop.
             self.last_error = _one_line(exc)
-            log.warning("event=stop ip=%s on_stop=unassign result=failed error=%s", self.ip,
-                        self.last_error)
+            log.warning(
+                "event=stop ip=%s on_stop=unassign result=failed error=%s", self.ip, self.last_error
+            )
             return OpResult(OCF_SUCCESS, f"unassign failed (stop still succeeds): {exc}")
 
     async def _set_role(self, role: Role) -> None:

@@ -50,9 +50,7 @@ REPLY_MARGIN_S = 0.05
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", "-c", default=DEFAULT_PATH, help="configuration file"
-    )
+    parser.add_argument("--config", "-c", default=DEFAULT_PATH, help="configuration file")
 
 
 def main(args: argparse.Namespace) -> int:

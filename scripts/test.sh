@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up (system packages + .venv) and run every check CI runs: ruff, mypy --strict, pytest.
-# Exits non-zero on any failure, including a pytest run that collects no test (exit 5).
+# Set up (system packages + .venv) and run every check CI runs: ruff, mypy --strict, then the
+# test tiers one after the other, each timed: unit, integration, cluster (a real two-node
+# Pacemaker cluster in namespaces; under CI=true it must run: a missing capability fails it).
+# Every tier runs even when an earlier one failed; exits non-zero on any failure, including a
+# tier that collects no test (pytest exit 5). Arguments, if any, go to one plain pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,5 +17,38 @@ echo "== mypy --strict ocf/hafloat_agent.py (Python 3.10)"
 .venv/bin/mypy --strict --python-version 3.10 ocf/hafloat_agent.py
 echo "== vermin ocf/ (Python 3.9+)"
 .venv/bin/vermin -t=3.9- --no-tips --violations --eval-annotations ocf/hafloat ocf/hafloat_agent.py
-echo "== pytest"
-.venv/bin/pytest -p no:cacheprovider "$@"
+if [ "$#" -gt 0 ]; then
+  echo "== pytest $*"
+  exec .venv/bin/pytest -p no:cacheprovider "$@"
+fi
+status=0
+summary=""
+logdir=$(mktemp -d)
+trap 'rm -rf "$logdir"' EXIT
+for tier in unit integration cluster; do
+  echo "== pytest tests/$tier"
+  began=$(date +%s.%N)
+  set +e
+  .venv/bin/pytest -p no:cacheprovider "tests/$tier" 2>&1 | tee "$logdir/$tier.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  took=$(awk -v a="$(date +%s.%N)" -v b="$began" 'BEGIN{printf "%.1f", a-b}')
+  summary+=$(printf '%-12s %7ss  exit %s' "$tier" "$took" "$rc")$'\n'
+  [ "$rc" = 0 ] || status=1
+done
+echo "== tier times"
+printf '%s' "$summary"
+# One closing line over all tiers, in the plain form CI reads.
+.venv/bin/python - "$logdir" <<'PY'
+import pathlib, re, sys
+totals = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+for log in sorted(pathlib.Path(sys.argv[1]).glob("*.log")):
+    lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+    last = lines[-1] if lines else ""
+    for count, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", last):
+        totals["errors" if word.startswith("error") else word] += int(count)
+failed = totals["failed"] + totals["errors"]
+line = f"tests: {totals['passed']} passed, {failed} failed"
+print(line + (f", {totals['skipped']} skipped" if totals["skipped"] else ""))
+PY
+exit $status

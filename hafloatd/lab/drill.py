@@ -1,4 +1,4 @@
-"""``hafloatd lab``: the failover drill on one machine, without Pacemaker.
+"""The agent-only failover drill: ``hafloatd lab`` where no Pacemaker cluster can run.
 
 The DigitalOcean simulator (API, one metadata service per droplet, a TCP proxy standing in for
 the reserved IP), two simulated droplets each with a stand-in web server and its own
@@ -9,13 +9,11 @@ reserved IP every 50 ms. It prints the failover timeline and the downtime the cl
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -36,37 +34,6 @@ from hafloatd.lab.sim import SimDroplet, SimReservedIp, SimScenario, Simulator
 RESERVED_IP = "203.0.113.10"
 POLL_INTERVAL_S = 0.05
 PHASES = ("received", "post_sent", "api_accepted", "action_completed", "holder_confirmed")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--action-delay",
-        type=float,
-        default=1.0,
-        help="seconds the simulated DigitalOcean takes to complete an assign (default 1.0)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="failovers to drill, alternating nodes (default 2)"
-    )
-    parser.add_argument("--tls", action="store_true", help="serve the simulated API over TLS")
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the lab directory (configs, daemon logs)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.rounds < 1:
-        print("hafloatd lab: --rounds must be >= 1", file=sys.stderr)
-        return 2
-    if args.action_delay < 0:
-        print("hafloatd lab: --action-delay must be >= 0", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(run_lab(args.action_delay, args.rounds, args.tls, args.keep, args.json))
-    except LabError as exc:
-        print(f"hafloatd lab: {exc}", file=sys.stderr)
-        return 1
 
 
 class LabError(Exception):
@@ -134,14 +101,20 @@ class TrafficProbe:
         return sum(1 for s in self.samples if start <= s.at <= end and s.answer is None)
 
 
-async def run_lab(action_delay: float, rounds: int, tls: bool, keep: bool, as_json: bool) -> int:
+async def run_lab(
+    action_delay: float, rounds: int, tls: bool, keep: bool, json_path: str | None = None
+) -> int:
+    """The agent-only drill; ``json_path`` ('-': stdout) gets the results as JSON."""
     workdir = Path(tempfile.mkdtemp(prefix="hafloatd-lab-"))
     try:
         async with _lab(workdir, action_delay, tls) as (sim, nodes):
             results = await _drill(sim, nodes, rounds, action_delay)
             _print_report(results, action_delay, workdir if keep else None)
-            if as_json:
+            if json_path == "-":
                 print(json.dumps(results, indent=2))
+            elif json_path:
+                text = json.dumps(results, indent=2) + "\n"
+                await asyncio.to_thread(Path(json_path).write_text, text)
             ok = all(r["ok"] for r in results)
             return 0 if ok else 1
     finally:
