@@ -23,7 +23,7 @@ from hafloatd import __version__, stop_records
 from hafloatd.config import DEFAULT_PATH, Config, HealthConfig, IpConfig, load_config
 from hafloatd.control.protocol import ControlReply, ControlRequest
 from hafloatd.control.server import ControlServer
-from hafloatd.controller import IpController, OpResult, Role, RoleStore
+from hafloatd.controller import IpController
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import DoApiClient
 from hafloatd.errors import (
@@ -38,6 +38,7 @@ from hafloatd.metrics import Metrics
 from hafloatd.metrics_server import MetricsServer
 from hafloatd.pacemaker import PacemakerNotifier
 from hafloatd.probe import HealthProbe, HealthState
+from hafloatd.roles import RoleStore
 from hafloatd.sdnotify import SdNotifier
 from hafloatd.token import LoadedToken, load_token
 
@@ -135,7 +136,7 @@ class Daemon:
         self.metrics.build_info.info({"version": __version__, "python": sys.version.split()[0]})
         self.notifier = SdNotifier(environ)
         self.controllers: dict[str, IpController] = {}
-        self.roles = RoleStore(config.state_dir)
+        self.roles = RoleStore(config.state_dir, self.metrics)
         self.token: LoadedToken | None = None
         self.api: DoApiClient | None = None
         self.metadata: MetadataClient | None = None
@@ -236,6 +237,7 @@ class Daemon:
         self._essential.clear()
         for controller in self.controllers.values():
             await controller.close()
+        await self.roles.close()
         if self.probe is not None:
             await self.probe.stop()
         if self.pacemaker is not None:
@@ -263,16 +265,14 @@ class Daemon:
         if controller is None:
             return self._unknown_ip_reply(request)
         deadline = request.deadline(margin_s=REPLY_MARGIN_S)  # anchored at receipt
-        result: OpResult
+        controller.remember_names(request.resource, request.node)
         if request.op == "start":
-            result = await controller.start(deadline, resource=request.resource, node=request.node)
-        elif request.op == "stop":
-            result = await controller.stop(deadline)
-        elif request.op == "monitor":
-            result = controller.monitor(probe=request.probe)
-        else:  # validate
-            result = OpResult(OCF_SUCCESS, "", {"droplet_id": controller.identity.droplet_id})
-        return ControlReply(result.ocf, result.reason, result.data)
+            return await controller.start(deadline)
+        if request.op == "stop":
+            return await controller.stop(deadline)
+        if request.op == "monitor":
+            return controller.monitor(probe=request.probe)
+        return ControlReply(OCF_SUCCESS, "", {"droplet_id": controller.identity.droplet_id})
 
     def _unknown_ip_reply(self, request: ControlRequest) -> ControlReply:
         known = ", ".join(self.controllers) or "none"
@@ -318,21 +318,17 @@ class Daemon:
         records = await asyncio.to_thread(stop_records.consume, directory, list(self.controllers))
         for ip, record in records.items():
             controller = self.controllers[ip]
-            changed_at = await asyncio.to_thread(stop_records.role_changed_at, self.roles.path(ip))
-            applied = stop_records.stops_the_role(record, changed_at)
+            role_before = controller.role.value
+            applied = controller.apply_stop_record(record)  # persisted, like a delivered stop
             log.info(
-                "event=stop_record ip=%s stopped_at=%.3f role_changed_at=%s resource=%s node=%s "
-                "role=%s applied=%s",
+                "event=stop_record ip=%s stopped_at=%.3f resource=%s node=%s role=%s applied=%s",
                 ip,
                 record.stopped_at,
-                "-" if changed_at is None else f"{changed_at:.3f}",
                 record.resource,
                 record.node,
-                controller.role.value,
+                role_before,
                 applied,
             )
-            if applied:
-                await controller._set_role(Role.STOPPED)  # persisted, like a delivered stop
 
     # ------------------------------------------------------------------ reload
 

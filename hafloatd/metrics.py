@@ -118,6 +118,18 @@ class Metrics:
             ["ip"],
             registry=r,
         )
+        self.role_persist_failures_total = Counter(
+            "hafloatd_role_persist_failures_total",
+            "Role file writes that failed (the operation still succeeded; see the log).",
+            ["ip"],
+            registry=r,
+        )
+        self.stop_records_applied_total = Counter(
+            "hafloatd_stop_records_applied_total",
+            "Stops the OCF agent recorded while the daemon was down, applied at startup.",
+            ["ip"],
+            registry=r,
+        )
         self.control_requests_total = Counter(
             "hafloatd_control_requests_total",
             "Control-socket requests by operation and result (ok, error, invalid, denied, busy).",

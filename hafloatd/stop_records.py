@@ -9,8 +9,8 @@ JSON line: ``{"ip": "...", "stopped_at": <unix time>, "resource": ..., "node": .
 
 At startup, once the control socket is bound (so a stop either reaches the daemon or its
 record is already there) and before any request is answered, the daemon consumes the records
-of its IPs: a record newer than the role file's last change, or with no role file, sets the
-role to stopped. An older one is a stop that a later start overrode. Synchronous file I/O:
+of its IPs: a record newer than the role's last change (``RoleRecord.changed_at``), or with
+no role file, sets the role to stopped. An older one is a stop that a later start overrode. Synchronous file I/O:
 the daemon calls these through ``asyncio.to_thread``.
 """
 
@@ -102,22 +102,6 @@ def parse(raw: bytes, ip: str) -> StopRecord:
         resource if isinstance(resource, str) else None,
         node if isinstance(node, str) else None,
     )
-
-
-def role_changed_at(role_file: str | os.PathLike[str]) -> float | None:
-    """When the role in ``role_file`` (``RoleStore``'s format) last changed; None when there
-    is no such file or it says nothing usable (``RoleStore`` reads that as stopped)."""
-    try:
-        data = json.loads(Path(role_file).read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("event=role_file_unreadable path=%s error=%r", role_file, exc)
-        return None
-    changed_at = data.get("changed_at") if isinstance(data, dict) else None
-    if isinstance(changed_at, bool) or not isinstance(changed_at, int | float):
-        return None
-    return float(changed_at)
 
 
 def stops_the_role(record: StopRecord, changed_at: float | None) -> bool:

@@ -126,12 +126,15 @@ class MetadataConfig:
     cache_file: str = "/var/lib/hafloatd/metadata.json"
     timeout: float = 2.0
     poll_interval: float = 1.0
+    # How far the metadata's reserved-IP answer may trail the API after a move (see holder.py).
+    max_lag: float = 2.0
 
     _KEY: ClassVar[str] = "metadata"
     # The upper bound of each duration field (every float field is one); the loader uses it too.
     MAX_SECONDS: ClassVar[Mapping[str, float]] = {
         "timeout": MAX_TIMEOUT,
         "poll_interval": MAX_INTERVAL,
+        "max_lag": MAX_TIMEOUT,
     }
 
     def __post_init__(self) -> None:

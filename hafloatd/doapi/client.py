@@ -305,7 +305,9 @@ class DoApiClient:
                         attempt,
                         kv(message),
                     )
-                    await self.wait_unlocked(ip, deadline)
+                    current = await self.wait_unlocked(ip, deadline)
+                    if current.droplet_id == want_droplet_id:
+                        return None  # the pending action put it where wanted
                     # The droplet (not the IP) may be the busy one: do not hammer it.
                     await self._sleep_within(
                         transport.backoff(attempt, base=self._config.action_poll_interval),
@@ -325,7 +327,8 @@ class DoApiClient:
                     return None
                 if current.locked:
                     transport.count_retry("post_action", "pending_event")
-                    await self.wait_unlocked(ip, deadline)
+                    if (await self.wait_unlocked(ip, deadline)).droplet_id == want_droplet_id:
+                        return None
                     continue
                 holder = current.droplet_id if current.droplet_id is not None else "none"
                 hint = (

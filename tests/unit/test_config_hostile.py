@@ -190,6 +190,7 @@ BOUNDS = {
     "api.action_poll_interval": "1m",
     "metadata.timeout": "1m",
     "metadata.poll_interval": "1h",
+    "metadata.max_lag": "1m",
     "control.read_timeout": "1m",
     "health.interval": "1h",
     "health.timeout": "1m",

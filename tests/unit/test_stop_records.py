@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from hafloatd import stop_records
-from hafloatd.controller import Role, RoleStore
 from hafloatd.stop_records import StopRecord
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,22 +83,6 @@ def test_garbage_is_removed_with_a_log_line_and_never_applied(
 def test_resource_and_node_that_are_not_strings_are_unknown(run_dir: Path) -> None:
     write_record(run_dir, IP, resource=None, node=7)
     assert stop_records.consume(run_dir, [IP])[IP] == StopRecord(IP, 1700000000.5, None, None)
-
-
-async def test_role_changed_at_reads_what_the_role_store_writes(run_dir: Path) -> None:
-    store = RoleStore(str(run_dir))
-    assert stop_records.role_changed_at(store.path(IP)) is None
-    before = time.time()
-    await store.save(IP, Role.STARTED)
-    changed_at = stop_records.role_changed_at(store.path(IP))
-    assert changed_at is not None and before <= changed_at <= time.time()
-
-
-@pytest.mark.parametrize("content", ["", "not json", "[]", '{"role":"started"}'])
-def test_role_file_without_a_change_time_gives_none(content: str, run_dir: Path) -> None:
-    role_file = run_dir / f"role-{IP}.json"
-    role_file.write_text(content)
-    assert stop_records.role_changed_at(role_file) is None
 
 
 @pytest.mark.parametrize(
