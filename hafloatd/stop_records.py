@@ -10,8 +10,8 @@ JSON line: ``{"ip": "...", "stopped_at": <unix time>, "resource": ..., "node": .
 At startup, once the control socket is bound (so a stop either reaches the daemon or its
 record is already there) and before any request is answered, the daemon consumes the records
 of its IPs: a record newer than the role's last change (``RoleRecord.changed_at``), or with
-no role file, sets the role to stopped. An older one is a stop that a later start overrode. Synchronous file I/O:
-the daemon calls these through ``asyncio.to_thread``.
+no role file, sets the role to stopped. An older one is a stop that a later start overrode.
+Synchronous file I/O: the daemon calls these through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations

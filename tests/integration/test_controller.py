@@ -12,13 +12,13 @@ from prometheus_client import CollectorRegistry
 
 from hafloatd.config import ApiConfig, IpConfig, MetadataConfig
 from hafloatd.controller import IpController
-from hafloatd.holder import ApiAnswer
-from hafloatd.roles import Role, RoleStore
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import DoApiClient
+from hafloatd.holder import ApiAnswer
 from hafloatd.lab.sim import Simulator
 from hafloatd.metadata import MetadataClient
 from hafloatd.metrics import Metrics
+from hafloatd.roles import Role, RoleStore
 from hafloatd.token import ApiToken
 from tests.sim_fixtures import MakeSimulator, default_scenario
 
