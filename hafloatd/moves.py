@@ -114,9 +114,11 @@ class Mover:
             return Confirmation("api", None, phases)
         timeline.action_id = result.action.id
         by = await self._confirm(result.action.id, deadline)
-        phases["action_completed"] = time.monotonic()
+        phases["action_completed"] = confirmed_at = time.monotonic()
         timeline.action_completed = time.time()
-        self._observe_api(self.my_droplet_id, False, accepted_at, by)
+        # As of the confirmation (not the POST): metadata polls answered while the action ran
+        # rightly said "not here" and must not outvote it.
+        self._observe_api(self.my_droplet_id, False, confirmed_at, by)
         return Confirmation(by, result.action.id, phases)
 
     async def unassign_if_here(self, deadline: Deadline) -> int | None:
