@@ -95,7 +95,28 @@ def render(status: Mapping[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    for ip in status.get("ips") or []:
+        lines.extend(f"  {ip.get('ip')}: {note}" for note in _notes(ip))
     return "\n".join(lines)
+
+
+def _notes(ip: Mapping[str, Any]) -> list[str]:
+    """What the table cannot show: a role not on disk, notification, an IP in flux."""
+    notes = []
+    if ip.get("role_persisted") is False:
+        notes.append(
+            f"ROLE NOT PERSISTED (a restart would forget it): {ip.get('role_persist_error')}"
+        )
+    if ip.get("holder_locked"):
+        notes.append("an action is moving the IP (locked): holder unknown until it ends")
+    elif ip.get("held_here") is None and ip.get("holder_why"):
+        notes.append(f"holder unknown: {ip.get('holder_why')}")
+    if ip.get("in_flight"):
+        notes.append(f"{ip.get('in_flight')} in progress")
+    notification = ip.get("failure_notification")
+    if notification:
+        notes.append(f"failure notification {notification}")
+    return notes
 
 
 def _timeline(timeline: Mapping[str, Any] | None) -> str:
