@@ -76,7 +76,7 @@ class KeyValueFormatter(logging.Formatter):
         line = f"level={record.levelname.lower()} logger={record.name} "
         line += one_line(record.getMessage())
         if record.exc_info and record.exc_info[1] is not None:
-            line += f" exc={describe(record.exc_info[1], where=True)!r}"
+            line += f" exc={kv(describe(record.exc_info[1], where=True))}"
         return line
 
 

@@ -94,6 +94,11 @@ class HealthProbe:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The check loop, once started: the daemon supervises it (a loop that dies is a bug)."""
+        return self._task
+
     async def start(self) -> None:
         """Open the probe's own HTTP session and start the check loop (idempotent)."""
         if self.running:
