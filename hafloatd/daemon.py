@@ -184,9 +184,9 @@ class Daemon:
             stopped.cancel()
             if not startup.done():
                 startup.cancel()
-                await asyncio.wait({startup})
-        if startup.cancelled():
-            log.info("event=startup_interrupted")
+                await asyncio.wait({startup}, timeout=_TASK_CANCEL_TIMEOUT_S)
+        if not startup.done() or startup.cancelled():
+            log.info("event=startup_interrupted")  # shutdown() closes what it had started
             return False
         startup.result()  # what startup raised, if it did
         return not self._stop.is_set()
