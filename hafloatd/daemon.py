@@ -1,8 +1,17 @@
-"""Wiring and lifecycle: loop factory, signals, sd_notify, reload, bounded shutdown.
+"""The daemon's lifecycle: wiring, startup, the wait for a stop, shutdown, signals, exit codes.
 
-``run()`` -> ``serve()`` -> ``startup()`` / main loop / ``shutdown()``, uvicorn's shape. The
-shutdown is two-phase: stop accepting control connections and let in-flight operations finish
-within a bound, then cancel what is left.
+``run()`` -> ``serve()`` -> ``startup()`` / wait / ``shutdown()``, uvicorn's shape. Every
+component and background task is entered on one ``contextlib.AsyncExitStack`` as it starts,
+so ``shutdown()`` undoes exactly what was started, in reverse: stop accepting control
+connections (in-flight operations get ``SHUTDOWN_GRACE_S``), cancel the background tasks,
+close the controllers, the probe, Pacemaker notification, the clients, the metrics server.
+What a request does is ``dispatch``; the loops are ``watch``; SIGHUP is ``reload``.
+
+``serve()`` returns the exit code (docs/operations.md, "Exit codes of the daemon"):
+``EXIT_OK`` 0 stopped by SIGTERM/SIGINT (during startup too: then without ``READY=1``);
+``EXIT_STARTUP`` 1 startup failed (metadata, control socket...: systemd retries);
+``EXIT_SOFTWARE`` 70 an essential task crashed (a bug: systemd restarts the daemon);
+``EXIT_CONFIG`` 78 configuration or token error (the unit does not restart it).
 """
 
 from __future__ import annotations
@@ -10,44 +19,54 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
-from hafloatd import __version__, stop_records
+from hafloatd import __version__, watch
 from hafloatd.config import DEFAULT_PATH, Config, HealthConfig, IpConfig, load_config
-from hafloatd.control.protocol import ControlReply, ControlRequest
 from hafloatd.control.server import ControlServer
 from hafloatd.controller import IpController
 from hafloatd.deadline import Deadline
+from hafloatd.dispatch import Dispatcher, apply_stop_records
 from hafloatd.doapi import DoApiClient
-from hafloatd.errors import (
-    OCF_ERR_INSTALLED,
-    OCF_NOT_RUNNING,
-    OCF_SUCCESS,
-    ConfigError,
-    HafloatdError,
-)
+from hafloatd.errors import ConfigError, HafloatdError
+from hafloatd.logs import one_line, redact_secret, setup_logging
 from hafloatd.metadata import DropletIdentity, MetadataClient
 from hafloatd.metrics import Metrics
-from hafloatd.metrics_server import MetricsServer
 from hafloatd.pacemaker import PacemakerNotifier
 from hafloatd.probe import HealthProbe, HealthState
+from hafloatd.reload import ConfigReloader
 from hafloatd.roles import RoleStore
 from hafloatd.sdnotify import SdNotifier
 from hafloatd.token import LoadedToken, load_token
 
+if TYPE_CHECKING:
+    from hafloatd.metrics_server import MetricsServer
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "EXIT_SOFTWARE",
+    "EXIT_STARTUP",
+    "Daemon",
+    "loop_factory",
+    "run",
+]
+
 log = logging.getLogger("hafloatd.daemon")
 
+EXIT_OK = 0
+EXIT_STARTUP = 1
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a bug; Restart=on-failure brings the daemon back
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus keeps it from looping
 SHUTDOWN_GRACE_S = 3.0
-# Reply this much before the caller's deadline so the answer reaches the agent in time.
-REPLY_MARGIN_S = 0.05
+_TASK_CANCEL_TIMEOUT_S = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,43 +100,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-class KeyValueFormatter(logging.Formatter):
-    """``level=info logger=hafloatd.x event=...``: journald adds the time."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = " ".join(record.getMessage().split())
-        line = f"level={record.levelname.lower()} logger={record.name} {message}"
-        if record.exc_info:
-            exc = record.exc_info[1]
-            line += f" exc={type(exc).__name__}:{' '.join(str(exc).split())!r}"
-        return line
-
-
-class RedactFilter(logging.Filter):
-    """Last line of defence: no log line ever carries the token, whatever formatted it."""
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self.secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret and self.secret in record.getMessage():
-            record.msg = record.getMessage().replace(self.secret, "***")
-            record.args = ()
-        return True
-
-
-def setup_logging(level: str) -> None:
-    root = logging.getLogger("hafloatd")
-    if not any(getattr(h, "_hafloatd", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(KeyValueFormatter())
-        handler._hafloatd = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.propagate = False
-    root.setLevel(level.upper())
-
-
 class Daemon:
     """Owns every component and background task for the daemon's life."""
 
@@ -145,31 +127,43 @@ class Daemon:
         self.pacemaker: PacemakerNotifier | None = None
         self.control: ControlServer | None = None
         self.metrics_server: MetricsServer | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._essential: list[asyncio.Task[Any]] = []
-        self._stop = asyncio.Event()
-        # Set once stop records are applied: no request is answered from a role they change.
-        self._answering = asyncio.Event()
-        self._force_exit = False
-        self._reload_lock = asyncio.Lock()
-        self._redact: RedactFilter | None = None
+        self.dispatcher = Dispatcher(self.controllers, config_path=config_path, status=self.status)
         self.started_at = time.time()
+        self._reloader = ConfigReloader(self, config_path, self.notifier)
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self._ready = False
+        self._stopping = False
+        self._crashed: str | None = None  # the essential task that died: exit 70
 
     # ------------------------------------------------------------------ lifecycle
 
     async def serve(self) -> int:
+        """Start, announce READY=1, wait for a signal or a crash, shut down; the exit code."""
         self._install_signal_handlers()
         try:
-            await self.startup()
-        except HafloatdError as exc:
-            log.error("event=startup_failed error=%s", " ".join(str(exc).split()))
+            code = await self._serve()
+        finally:
             await self.shutdown()
-            return EXIT_CONFIG if isinstance(exc, ConfigError) else 1
-        except OSError as exc:
-            log.error("event=startup_failed error=%s", " ".join(str(exc).split()))
-            await self.shutdown()
-            return 1
-        self.notifier.ready(self._status_line())
+        return EXIT_SOFTWARE if self._crashed is not None else code
+
+    async def _serve(self) -> int:
+        try:
+            started = await self._start_unless_stopped()
+        except ConfigError as exc:
+            log.error("event=startup_failed error=%s", one_line(exc))
+            return EXIT_CONFIG
+        except (HafloatdError, OSError) as exc:
+            log.error("event=startup_failed error=%s", one_line(exc))
+            return EXIT_STARTUP
+        except Exception:
+            log.exception("event=startup_crashed")
+            return EXIT_SOFTWARE
+        if not started:
+            return EXIT_OK  # or 70, when a crash was the stop (serve() checks)
+        self._ready = True
+        self.notifier.ready(self.status_line())
         log.info(
             "event=ready droplet_id=%s ips=%s socket=%s metrics=%s",
             self.identity.droplet_id if self.identity else None,
@@ -178,26 +172,43 @@ class Daemon:
             self.config.metrics.listen,
         )
         await self._stop.wait()
-        await self.shutdown()
-        return 0
+        return EXIT_OK
+
+    async def _start_unless_stopped(self) -> bool:
+        """``startup()``, unless a stop (signal, crash) comes first: then it is cancelled where
+        it is (waiting for metadata...) and False means "never announce READY=1"."""
+        startup = asyncio.create_task(self.startup(), name="startup")
+        stopped = asyncio.create_task(self._stop.wait(), name="stop-requested")
+        try:
+            await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not startup.done():
+                startup.cancel()
+                await asyncio.wait({startup}, timeout=_TASK_CANCEL_TIMEOUT_S)
+        if not startup.done() or startup.cancelled():
+            log.info("event=startup_interrupted")  # shutdown() closes what it had started
+            return False
+        startup.result()  # what startup raised, if it did
+        return not self._stop.is_set()
 
     async def startup(self) -> None:
-        config = self.config
+        """Start every component, entering each on the exit stack (see ``shutdown``)."""
+        config, stack = self.config, self._stack
         self.token = await asyncio.to_thread(load_token, config.api, self.environ)
-        self._redact = RedactFilter(self.token.token.reveal())
-        for handler in logging.getLogger("hafloatd").handlers:
-            handler.addFilter(self._redact)
+        stack.callback(redact_secret(self.token.token.reveal()))
         log.info("event=token_loaded source=%s", self.token.source)
         if config.metrics.listen:
-            self.metrics_server = MetricsServer(self.metrics, config.metrics.listen, self._healthy)
-            await self.metrics_server.start()
-        self.api = DoApiClient(config.api, self.token.token, metrics=self.metrics)
-        await self.api.start()
-        self.metadata = MetadataClient(
+            await self._start_metrics_server(config.metrics.listen)
+        self.api = api = DoApiClient(config.api, self.token.token, metrics=self.metrics)
+        stack.push_async_callback(self._quietly, "api", api.close)
+        await api.start()
+        self.metadata = metadata = MetadataClient(
             config.metadata, path_family=config.api.path_family, metrics=self.metrics
         )
-        await self.metadata.start()
-        self.identity = await self.metadata.identity(Deadline.after(3 * config.metadata.timeout))
+        stack.push_async_callback(self._quietly, "metadata", metadata.close)
+        await metadata.start()
+        self.identity = await metadata.identity(Deadline.after(3 * config.metadata.timeout))
         log.info(
             "event=identity droplet_id=%s hostname=%s region=%s",
             self.identity.droplet_id,
@@ -205,215 +216,74 @@ class Daemon:
             self.identity.region,
         )
         self.pacemaker = PacemakerNotifier(config.pacemaker, metrics=self.metrics)
+        stack.push_async_callback(self._quietly, "pacemaker", self.pacemaker.close)
+        stack.push_async_callback(self._quietly, "probe", self._stop_probe)
         if config.health is not None:
-            self.probe = HealthProbe(
-                config.health, metrics=self.metrics, on_change=self._on_health_change
-            )
-            await self.probe.start()
+            self.probe = await self.start_probe(config.health)
+        stack.push_async_callback(self._quietly, "controllers", self._close_controllers)
         for ip_config in config.ips:
-            self._add_controller(ip_config)
+            self.add_controller(ip_config)
         # Learn who holds the IPs before anyone can ask: a monitor answered from no view at
         # all fails ("cannot confirm"), and Pacemaker would move the IP after a mere restart.
-        await self._poll_metadata()
-        self.control = ControlServer(config.control, self, metrics=self.metrics)
-        await self.control.start()
-        await self._apply_stop_records()
-        self._answering.set()
-        self._spawn(self._metadata_loop(), "metadata-poll")
-        self._spawn(self._holder_check_loop(), "holder-check")
-        self._spawn(self._keep_warm_loop(), "keep-warm")
+        await watch.poll_metadata(metadata, config.metadata, self.controllers)
+        stack.push_async_callback(self._cancel_tasks)
+        self._spawn(
+            watch.metadata_loop(metadata, config.metadata, self.controllers), "metadata-poll"
+        )
+        self._spawn(watch.holder_check_loop(config.api, self.controllers), "holder-check")
+        self._spawn(watch.keep_warm_loop(api, config.api), "keep-warm")
         if self.notifier.watchdog_interval() is not None:
             self._spawn(self.notifier.run_watchdog(self._healthy), "watchdog")
+        self.control = control = ControlServer(
+            config.control, self.dispatcher, metrics=self.metrics
+        )
+        await control.start()
+        stack.push_async_callback(
+            self._quietly, "control", functools.partial(control.close, grace=SHUTDOWN_GRACE_S)
+        )
+        await apply_stop_records(self.controllers, config.control.socket_path)
+        self.dispatcher.open()
 
     async def shutdown(self) -> None:
+        """Undo what ``startup`` did, in reverse; safe after a failed or interrupted startup,
+        and a no-op the second time."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop.set()
         self.notifier.stopping()
         log.info("event=stopping")
-        if self.control is not None:
-            await self.control.close(grace=SHUTDOWN_GRACE_S)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        self._essential.clear()
-        for controller in self.controllers.values():
-            await controller.close()
-        await self.roles.close()
-        if self.probe is not None:
-            await self.probe.stop()
-        if self.pacemaker is not None:
-            await self.pacemaker.close()
-        for closer in (self.api, self.metadata, self.metrics_server):
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    await closer.close()
-        if self._redact is not None:
-            for handler in logging.getLogger("hafloatd").handlers:
-                handler.removeFilter(self._redact)
+        await self._stack.aclose()
         log.info("event=stopped")
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Daemon]:
+        """``startup()`` on entry, ``shutdown()`` on the way out whatever happened."""
+        try:
+            await self.startup()
+            yield self
+        finally:
+            await self.shutdown()
+
+    async def reload(self) -> bool:
+        """SIGHUP: re-read the file and apply it (see ``hafloatd.reload``); always READY=1."""
+        return await self._reloader.reload()
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    # ------------------------------------------------------------------ control
+    # ------------------------------------------------------------------ components
 
-    async def handle(self, request: ControlRequest) -> ControlReply:
-        """The control protocol's dispatcher (DESIGN §7)."""
-        await self._answering.wait()
-        if request.op == "status":
-            return ControlReply(OCF_SUCCESS, "", self.status())
-        controller = self.controllers.get(request.ip or "")
-        if controller is None:
-            return self._unknown_ip_reply(request)
-        deadline = request.deadline(margin_s=REPLY_MARGIN_S)  # anchored at receipt
-        controller.remember_names(request.resource, request.node)
-        if request.op == "start":
-            return await controller.start(deadline)
-        if request.op == "stop":
-            return await controller.stop(deadline)
-        if request.op == "monitor":
-            return controller.monitor(probe=request.probe)
-        return ControlReply(OCF_SUCCESS, "", {"droplet_id": controller.identity.droplet_id})
+    async def _start_metrics_server(self, listen: str) -> None:
+        # Imported here: aiohttp's server stack costs memory a daemon without metrics never uses.
+        from hafloatd.metrics_server import MetricsServer  # noqa: PLC0415
 
-    def _unknown_ip_reply(self, request: ControlRequest) -> ControlReply:
-        known = ", ".join(self.controllers) or "none"
-        reason = (
-            f"reserved IP {request.ip} is not in {self.config_path} (ips: {known}); add it "
-            "under ips: and reload (systemctl reload hafloatd)"
-        )
-        if request.op == "stop":
-            return ControlReply(OCF_SUCCESS, reason)
-        if request.op == "monitor" and request.probe:
-            return ControlReply(OCF_NOT_RUNNING, reason)
-        return ControlReply(OCF_ERR_INSTALLED, reason)
+        server = MetricsServer(self.metrics, listen, self._healthy)
+        await server.start()
+        self.metrics_server = server
+        self._stack.push_async_callback(self._quietly, "metrics server", server.close)
 
-    def status(self) -> dict[str, object]:
-        api = self.api
-        rate = api.rate_limit if api else None
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "droplet": {
-                "id": self.identity.droplet_id if self.identity else None,
-                "hostname": self.identity.hostname if self.identity else None,
-                "region": self.identity.region if self.identity else None,
-            },
-            "api": {
-                "base_url": self.config.api.base_url,
-                "path_family": self.config.api.path_family,
-                "token_source": self.token.source if self.token else None,
-                "token_valid": api.token_valid if api else None,
-                "ratelimit_limit": rate.limit if rate else None,
-                "ratelimit_remaining": rate.remaining if rate else None,
-                "ratelimit_reset": rate.reset_at if rate else None,
-            },
-            "health": self.probe.snapshot() if self.probe else None,
-            "ips": [controller.status() for controller in self.controllers.values()],
-        }
-
-    async def _apply_stop_records(self) -> None:
-        """Stops the agent recorded while this daemon was down (see stop_records): run after
-        the control socket is bound, so a stop is either recorded by now or reaches us."""
-        directory = os.path.dirname(self.config.control.socket_path)
-        records = await asyncio.to_thread(stop_records.consume, directory, list(self.controllers))
-        for ip, record in records.items():
-            controller = self.controllers[ip]
-            role_before = controller.role.value
-            applied = controller.apply_stop_record(record)  # persisted, like a delivered stop
-            log.info(
-                "event=stop_record ip=%s stopped_at=%.3f resource=%s node=%s role=%s applied=%s",
-                ip,
-                record.stopped_at,
-                record.resource,
-                record.node,
-                role_before,
-                applied,
-            )
-
-    # ------------------------------------------------------------------ reload
-
-    async def reload(self) -> bool:
-        """SIGHUP: re-read the file; a bad one is rejected and the old one kept."""
-        async with self._reload_lock:
-            self.notifier.reloading()
-            try:
-                new = await asyncio.to_thread(load_config, self.config_path)
-            except ConfigError as exc:
-                log.error("event=reload_rejected error=%s", " ".join(str(exc).split()))
-                self.notifier.ready(self._status_line("reload rejected: kept the old config"))
-                return False
-            await self._apply(new)
-            self.notifier.ready(self._status_line())
-            return True
-
-    async def _apply(self, new: Config) -> None:
-        old = self.config
-        needs_restart = [
-            name
-            for name in ("api", "metadata", "metrics", "state_dir")
-            if getattr(old, name) != getattr(new, name)
-        ]
-        if old.control.socket_path != new.control.socket_path:
-            needs_restart.append("control.socket_path")
-        if needs_restart:
-            log.warning(
-                "event=reload_partial kept_old=%s hint='systemctl restart hafloatd to apply'",
-                ",".join(needs_restart),
-            )
-            # Keep what is really in force, so `status` never shows settings not applied.
-            new = dataclasses.replace(
-                new,
-                api=old.api,
-                metadata=old.metadata,
-                metrics=old.metrics,
-                state_dir=old.state_dir,
-                control=dataclasses.replace(new.control, socket_path=old.control.socket_path),
-            )
-        setup_logging(new.logging.level)
-        await self._apply_health(old.health, new.health)
-        if self.control is not None:
-            self.control.reconfigure(new.control)
-        if self.pacemaker is not None:
-            self.pacemaker.reconfigure(new.pacemaker)
-        new_ips = {entry.address: entry for entry in new.ips}
-        for address in list(self.controllers):
-            if address not in new_ips:
-                controller = self.controllers.pop(address)
-                log.warning("event=ip_removed ip=%s role=%s", address, controller.role.value)
-                await controller.close()
-        for address, entry in new_ips.items():
-            existing = self.controllers.get(address)
-            if existing is None:
-                self._add_controller(entry)
-                log.info("event=ip_added ip=%s", address)
-            elif existing.ip_config != entry:
-                existing.ip_config = entry
-        self.config = new
-        log.info(
-            "event=reloaded ips=%s health=%s level=%s",
-            ",".join(self.controllers),
-            "on" if new.health else "off",
-            new.logging.level,
-        )
-
-    async def _apply_health(self, old: HealthConfig | None, new: HealthConfig | None) -> None:
-        if old == new:
-            return
-        if new is None:
-            if self.probe is not None:
-                await self.probe.stop()
-                self.probe = None
-        elif self.probe is None:
-            self.probe = HealthProbe(new, metrics=self.metrics, on_change=self._on_health_change)
-            await self.probe.start()
-        else:
-            self.probe.reconfigure(new)
-        for controller in self.controllers.values():
-            controller.probe = self.probe
-
-    # ------------------------------------------------------------------ background
-
-    def _add_controller(self, ip_config: IpConfig) -> None:
+    def add_controller(self, ip_config: IpConfig) -> None:
         assert self.api is not None and self.metadata is not None and self.identity is not None
         self.controllers[ip_config.address] = IpController(
             ip_config,
@@ -428,6 +298,28 @@ class Daemon:
             on_health_failure=self._notify_pacemaker,
         )
 
+    async def remove_controller(self, address: str) -> None:
+        controller = self.controllers.pop(address)
+        log.warning("event=ip_removed ip=%s role=%s", address, controller.role.value)
+        await controller.close()
+
+    async def start_probe(self, config: HealthConfig) -> HealthProbe:
+        """A started health probe whose loop is supervised like the daemon's own."""
+        probe = HealthProbe(config, metrics=self.metrics, on_change=self._on_health_change)
+        await probe.start()
+        if probe.task is not None:
+            probe.task.add_done_callback(functools.partial(self._task_done, "probe", True))
+        return probe
+
+    async def _stop_probe(self) -> None:
+        if self.probe is not None:
+            await self.probe.stop()
+
+    async def _close_controllers(self) -> None:
+        for controller in list(self.controllers.values()):
+            await controller.close()
+        await self.roles.close()
+
     def _notify_pacemaker(self, resource: str, node: str, reason: str) -> None:
         if self.pacemaker is not None:
             self.pacemaker.fire(resource, node, reason)
@@ -435,64 +327,84 @@ class Daemon:
     def _on_health_change(self, old: HealthState, new: HealthState) -> None:
         for controller in list(self.controllers.values()):
             controller.on_health_change(old, new)
-        self.notifier.status(self._status_line())
+        self.notifier.status(self.status_line())
 
-    async def _metadata_loop(self) -> None:
-        while True:
-            asked_at = time.monotonic()
-            await self._poll_metadata()
-            interval = self.config.metadata.poll_interval
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - asked_at)))
+    @staticmethod
+    async def _quietly(name: str, close: Callable[[], Awaitable[None]]) -> None:
+        """Run one shutdown step; a failure is logged and the rest of the shutdown goes on."""
+        try:
+            await close()
+        except Exception:
+            log.exception("event=shutdown_step_failed step=%s", name.replace(" ", "_"))
 
-    async def _poll_metadata(self) -> None:
-        """Ask the metadata service once who holds each IP (bounded by its timeout)."""
-        assert self.metadata is not None
-        asked_at = time.monotonic()
-        view = await self.metadata.reserved_ip(Deadline.after(self.config.metadata.timeout))
-        for address, controller in list(self.controllers.items()):
-            controller.observe_metadata(view.holds(address), asked_at=asked_at)
-
-    async def _holder_check_loop(self) -> None:
-        while True:
-            for controller in list(self.controllers.values()):
-                await controller.refresh_from_api(
-                    Deadline.after(2 * self.config.api.request_timeout)
-                )
-            await asyncio.sleep(self.config.api.holder_check_interval)
-
-    async def _keep_warm_loop(self) -> None:
-        assert self.api is not None
-        while True:
-            await asyncio.sleep(self.config.api.keepalive_interval)
-            try:
-                await self.api.keep_warm(Deadline.after(2 * self.config.api.request_timeout))
-            except HafloatdError as exc:
-                log.warning("event=keep_warm_failed error=%s", " ".join(str(exc).split()))
+    # ------------------------------------------------------------------ tasks
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str, *, essential: bool = True) -> None:
-        """Start an owned task. An essential loop that dies stops the daemon (systemd restarts
-        it); a one-shot task (reload) is forgotten once done."""
-        task = asyncio.get_running_loop().create_task(self._guard(coro, name, essential), name=name)
+        """Start a task the daemon owns until shutdown cancels it. An essential one that ends
+        is a bug: the daemon stops and exits 70. A one-shot task (reload) is dropped when done."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.append(task)
-        if not essential:
-            task.add_done_callback(self._tasks.remove)
-        else:
-            self._essential.append(task)
+        task.add_done_callback(functools.partial(self._task_done, name, essential))
 
-    async def _guard(self, coro: Coroutine[Any, Any, Any], name: str, essential: bool) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("event=task_crashed task=%s", name)
-            if essential:
-                self.request_stop()
+    def _task_done(self, name: str, essential: bool, task: asyncio.Task[Any]) -> None:
+        if not essential and task in self._tasks:
+            self._tasks.remove(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if not essential or self._stopping:
+            if error is not None:
+                log.error("event=task_failed task=%s", name, exc_info=error)
+            return
+        reason = "raised" if error is not None else "returned"
+        log.critical("event=task_crashed task=%s how=%s exit=70", name, reason, exc_info=error)
+        if self._crashed is None:
+            self._crashed = name
+        self._stop.set()
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel the owned tasks, newest first, each given a bounded time to unwind."""
+        while self._tasks:
+            task = self._tasks.pop()
+            task.cancel()
+            _done, pending = await asyncio.wait({task}, timeout=_TASK_CANCEL_TIMEOUT_S)
+            if pending:
+                log.error("event=task_cancel_timeout task=%s", task.get_name())
 
     def _healthy(self) -> bool:
-        return all(not t.done() for t in self._essential) and not self._stop.is_set()
+        return self._crashed is None and not self._stop.is_set()
 
-    def _status_line(self, extra: str | None = None) -> str:
+    # ------------------------------------------------------------------ state
+
+    def status(self) -> dict[str, object]:
+        """The ``status`` reply: the daemon, its API client and each IP."""
+        api = self.api
+        rate = api.rate_limit if api else None
+        identity = self.identity
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "droplet": {
+                "id": identity.droplet_id if identity else None,
+                "hostname": identity.hostname if identity else None,
+                "region": identity.region if identity else None,
+            },
+            "api": {
+                "base_url": self.config.api.base_url,
+                "path_family": self.config.api.path_family,
+                "token_source": self.token.source if self.token else None,
+                "token_valid": api.token_valid if api else None,
+                "ratelimit_limit": rate.limit if rate else None,
+                "ratelimit_remaining": rate.remaining if rate else None,
+                "ratelimit_reset": rate.reset_at if rate else None,
+            },
+            "health": self.probe.snapshot() if self.probe else None,
+            "ips": [controller.status() for controller in self.controllers.values()],
+        }
+
+    def status_line(self, extra: str | None = None) -> str:
+        """The one line for ``STATUS=`` (``systemctl status``)."""
         parts = []
         for controller in self.controllers.values():
             view = controller.holder_view()
@@ -504,22 +416,29 @@ class Daemon:
             parts.append(extra)
         return "; ".join(parts) or "no reserved IPs configured"
 
+    # ------------------------------------------------------------------ signals
+
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-
-        def on_terminate(signum: int) -> None:
-            if self._stop.is_set():
-                if signum == signal.SIGINT:  # a second Ctrl-C from a person: leave now
-                    log.warning("event=forced_exit signal=SIGINT")
-                    os._exit(1)
-                return  # a repeated SIGTERM: the bounded shutdown is already under way
-            log.info("event=signal signal=%s", signal.Signals(signum).name)
-            self._stop.set()
-
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_terminate, signum)
+            loop.add_signal_handler(signum, self._on_terminate, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
+    def _on_terminate(self, signum: int) -> None:
+        if self._stop.is_set():
+            if signum == signal.SIGINT:  # a second Ctrl-C from a person: leave now
+                log.warning("event=forced_exit signal=SIGINT")
+                os._exit(1)
+            return  # a repeated SIGTERM: the bounded shutdown is already under way
+        log.info("event=signal signal=%s", signal.Signals(signum).name)
+        self._stop.set()
+
     def _on_sighup(self) -> None:
+        if not self._ready or self._stopping:
+            # systemd sends no reload before READY=1; startup reads the file anyway.
+            log.warning(
+                "event=signal signal=SIGHUP ignored=%s", "stopping" if self._ready else "starting"
+            )
+            return
         log.info("event=signal signal=SIGHUP")
         self._spawn(self.reload(), "reload", essential=False)

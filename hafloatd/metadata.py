@@ -27,6 +27,8 @@ from hafloatd import __version__
 from hafloatd.config import MetadataConfig, PathFamily
 from hafloatd.deadline import Deadline
 from hafloatd.errors import MetadataError
+from hafloatd.httpio import read_limited
+from hafloatd.logs import describe, kv, one_line
 from hafloatd.metrics import Metrics
 
 log = logging.getLogger("hafloatd.metadata")
@@ -133,7 +135,7 @@ class MetadataClient:
                 "event=metadata_identity_from_cache droplet_id=%d cache_file=%s reason=%s",
                 self._cached.droplet_id,
                 self._config.cache_file,
-                _kv(str(exc)),
+                kv(str(exc)),
             )
             return self._cached
         previous = self._cached
@@ -244,7 +246,7 @@ class MetadataClient:
                 timeout=aiohttp.ClientTimeout(total=total, ceil_threshold=float("inf")),
                 allow_redirects=False,
             ) as response:
-                body = await _read_limited(response, MAX_ANSWER_BYTES + 1)
+                body = await read_limited(response, MAX_ANSWER_BYTES + 1)
                 if response.status == 404:
                     result = "ok"
                     raise _NotFound(key)
@@ -256,9 +258,7 @@ class MetadataClient:
         except TimeoutError:
             raise MetadataError(f"metadata {url} did not answer within {total:.2f}s") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise MetadataError(
-                f"metadata {url} unreachable: {type(exc).__name__}: {_one_line(str(exc))}"
-            ) from None
+            raise MetadataError(f"metadata {url} unreachable: {describe(exc)}") from None
         finally:
             if self._metrics is not None:
                 self._metrics.metadata_requests_total.labels(result=result).inc()
@@ -285,7 +285,7 @@ class MetadataClient:
         try:
             loaded = await asyncio.to_thread(_read_cache_file, self._config.cache_file)
         except MetadataError as exc:
-            log.warning("event=metadata_cache_unusable reason=%s", _kv(str(exc)))
+            log.warning("event=metadata_cache_unusable reason=%s", kv(str(exc)))
             return
         if loaded is not None and self._cached is None:
             self._cached = loaded
@@ -303,7 +303,7 @@ class MetadataClient:
             log.warning(
                 "event=metadata_cache_write_failed cache_file=%s error=%s",
                 self._config.cache_file,
-                _kv(f"{type(exc).__name__}: {exc.strerror or exc}"),
+                kv(f"{type(exc).__name__}: {exc.strerror or exc}"),
             )
         else:
             log.info(
@@ -365,17 +365,6 @@ def _write_cache_file(path: str, identity: DropletIdentity) -> None:
         os.close(dir_fd)
 
 
-async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Read the body until EOF or ``limit`` bytes, whichever comes first."""
-    data = bytearray()
-    while len(data) < limit:
-        chunk = await response.content.read(limit - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
 def _ipv4_or_none(value: str | None) -> str | None:
     if not value:
         return None
@@ -391,16 +380,4 @@ def _reraise_cancel(exc: BaseException) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    return _kv(str(exc) or type(exc).__name__)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _kv(text: str) -> str:
-    """A log value: bare when it is one word, else double-quoted (logfmt)."""
-    flat = _one_line(text)
-    if flat and not any(ch in flat for ch in ' "='):
-        return flat
-    return json.dumps(flat, ensure_ascii=False)
+    return kv(one_line(exc))

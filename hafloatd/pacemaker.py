@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 from hafloatd.config import TOKEN_ENV_VAR, PacemakerConfig
 from hafloatd.control.protocol import is_valid_node_name, is_valid_resource_id
+from hafloatd.logs import one_line
 from hafloatd.metrics import Metrics
 
 log = logging.getLogger("hafloatd.pacemaker")
@@ -165,8 +166,8 @@ class PacemakerNotifier:
             node,
             returncode,
             duration_ms,
-            _one_line(stderr),
-            _one_line(stdout),
+            _excerpt(stderr),
+            _excerpt(stdout),
         )
         self._count("error")
         return False
@@ -230,12 +231,10 @@ def _child_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def _one_line(output: bytes) -> str:
-    text = output.decode("utf-8", errors="replace").strip()
-    text = " | ".join(line.strip() for line in text.splitlines() if line.strip())
-    if len(text) > _STDERR_LOG_CHARS:
-        text = text[:_STDERR_LOG_CHARS] + "..."
-    return text
+def _excerpt(output: bytes) -> str:
+    """A child's output for the log: its lines joined with `` | ``, cut to a bounded length."""
+    lines = output.decode("utf-8", errors="replace").splitlines()
+    return one_line(" | ".join(line for line in lines if line.strip()), limit=_STDERR_LOG_CHARS)
 
 
 __all__ = [

@@ -30,6 +30,7 @@ import aiohttp
 
 from hafloatd import __version__
 from hafloatd.config import HealthConfig
+from hafloatd.httpio import read_limited
 from hafloatd.metrics import Metrics
 
 log = logging.getLogger("hafloatd.probe")
@@ -92,6 +93,11 @@ class HealthProbe:
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The check loop, once started: the daemon supervises it (a loop that dies is a bug)."""
+        return self._task
 
     async def start(self) -> None:
         """Open the probe's own HTTP session and start the check loop (idempotent)."""
@@ -317,7 +323,7 @@ async def _http_check(session: aiohttp.ClientSession, config: HealthConfig) -> C
                         f"status {status} not in expected {list(config.expected_statuses)}",
                     )
                 if config.body_contains is not None:
-                    body = await _read_capped(response, MAX_BODY_BYTES)
+                    body = await read_limited(response, MAX_BODY_BYTES)
                     if config.body_contains.encode("utf-8") not in body:
                         return done(
                             False,
@@ -333,18 +339,6 @@ async def _http_check(session: aiohttp.ClientSession, config: HealthConfig) -> C
         return done(False, error="server closed the connection without a response")
     except aiohttp.ClientError as exc:
         return done(False, error=f"{type(exc).__name__}: {exc}")
-
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    while total < limit:
-        chunk = await response.content.read(limit - total)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
 
 
 def _next_slot(previous_start: float, interval: float, now: float) -> float:

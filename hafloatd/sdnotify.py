@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
+from hafloatd.logs import one_line
+
 __all__ = ["SdNotifier"]
 
 log = logging.getLogger("hafloatd.sdnotify")
@@ -70,12 +72,12 @@ class SdNotifier:
         """READY=1: startup is complete (or a reload finished); optionally a new STATUS."""
         fields = ["READY=1"]
         if status is not None:
-            fields.append("STATUS=" + _one_line(status))
+            fields.append("STATUS=" + one_line(status, limit=MAX_STATUS_CHARS))
         self._send(fields)
 
     def status(self, text: str) -> None:
         """STATUS=: the one-line state shown by ``systemctl status``."""
-        self._send(["STATUS=" + _one_line(text)])
+        self._send(["STATUS=" + one_line(text, limit=MAX_STATUS_CHARS)])
 
     def reloading(self) -> None:
         """RELOADING=1 with MONOTONIC_USEC= (required by Type=notify-reload, harmless before).
@@ -221,13 +223,6 @@ def _parse_watchdog_pid(value: str | None) -> int | None:
         log.warning("event=watchdog_off reason=invalid_WATCHDOG_PID value=%r", value)
         return -1
     return pid
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    if len(line) > MAX_STATUS_CHARS:
-        line = line[: MAX_STATUS_CHARS - 3] + "..."
-    return line
 
 
 def _errno_name(exc: OSError) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from hafloatd.control.client import DEFAULT_SOCKET, request_sync
 from hafloatd.errors import OCF_ERR_PERM, ControlError
+from hafloatd.logs import one_line
 
 PHASES = ("received", "post_sent", "api_accepted", "action_completed", "holder_confirmed")
 
@@ -48,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
 
 def refusal(reply: Mapping[str, Any], socket_path: str) -> str:
     """One line for a reply that is not the daemon's state: why, and what to do about it."""
-    reason = " ".join(str(reply.get("reason") or "no reason given").split())
+    reason = one_line(reply.get("reason") or "no reason given")
     if reply.get("ocf") == OCF_ERR_PERM:
         uid = os.geteuid()
         try:

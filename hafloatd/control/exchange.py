@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import traceback
 from typing import Protocol
 
+from hafloatd import logs
 from hafloatd.control.protocol import ControlReply, ControlRequest
 from hafloatd.errors import OCF_ERR_GENERIC, HafloatdError
 
@@ -126,12 +125,5 @@ async def send_final(
 
 
 def describe(exc: BaseException | None) -> str:
-    """``Type: message at file.py:123`` — one line, the innermost frame for bugs."""
-    if exc is None:
-        return "None"
-    where = ""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if frames:
-        last = frames[-1]
-        where = f" at {os.path.basename(last.filename)}:{last.lineno}"
-    return repr(f"{type(exc).__name__}: {exc}{where}")
+    """``'Type: message at file.py:123'``, quoted for a log value: the innermost frame for bugs."""
+    return "None" if exc is None else repr(logs.describe(exc, where=True))

@@ -21,6 +21,7 @@ from typing import Any, Literal, cast, get_args
 
 from hafloatd.deadline import Deadline
 from hafloatd.errors import OCF_SUCCESS, HafloatdError, ProtocolError
+from hafloatd.logs import one_line
 
 Op = Literal["start", "stop", "monitor", "validate", "status"]
 OPS: tuple[str, ...] = get_args(Op)
@@ -117,7 +118,7 @@ class ControlReply:
         payload: dict[str, object] = {
             "ok": self.ok,
             "ocf": self.ocf,
-            "reason": _one_line(self.reason),
+            "reason": one_line(self.reason, limit=MAX_REASON_CHARS),
         }
         payload.update((k, v) for k, v in self.data.items() if k not in _REPLY_KEYS)
         text = json.dumps(payload, separators=(",", ":"), default=str, allow_nan=False)
@@ -204,14 +205,6 @@ def is_valid_resource_id(name: str) -> bool:
 def is_valid_node_name(name: str) -> bool:
     """True when ``name`` is a plausible Pacemaker node name (host-name characters)."""
     return len(name) <= MAX_NAME_CHARS and _NODE_NAME_RE.fullmatch(name) is not None
-
-
-def _one_line(text: str) -> str:
-    """``text`` with line breaks folded, cut to MAX_REASON_CHARS: safe for a reply or a log."""
-    flat = " ".join(text.split()) if ("\n" in text or "\r" in text) else text
-    if len(flat) > MAX_REASON_CHARS:
-        flat = flat[: MAX_REASON_CHARS - 3] + "..."
-    return flat
 
 
 class _DuplicateKey(ValueError):

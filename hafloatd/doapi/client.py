@@ -30,7 +30,6 @@ from hafloatd.doapi.models import (
     check_list,
     error_id,
     error_message,
-    one_line,
     parse_action,
     parse_reserved_ip,
 )
@@ -38,11 +37,11 @@ from hafloatd.doapi.transport import (
     MIN_ATTEMPT_S,
     ApiTransport,
     TransportFailure,
-    kv,
     raise_for_status,
     retryable_status,
 )
 from hafloatd.errors import ActionFailed, ApiError, ApiNotFound, ApiRejected, DeadlineExceeded
+from hafloatd.logs import kv, one_line
 from hafloatd.metrics import Metrics
 from hafloatd.token import ApiToken
 

@@ -4,7 +4,7 @@ validation of response bodies into them.
 Owns ``ReservedIp``, ``Action``, ``AssignResult`` and ``RateLimit``; the ``Reply`` record every
 request yields (status, parsed JSON, a one-line excerpt, headers, request id); and the parsers
 that turn a reply into a value or raise ApiError naming the malformed field. Nothing here does
-I/O. Also the two text helpers every message uses: ``one_line`` and ``describe``.
+I/O.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Final
 from multidict import CIMultiDictProxy
 
 from hafloatd.errors import ApiError
+from hafloatd.logs import one_line
 
 # Longest error body excerpt quoted in a message.
 BODY_EXCERPT_CHARS: Final = 200
@@ -184,17 +185,6 @@ def error_message(reply: Reply) -> str:
         if isinstance(message, str) and message:
             return message
     return reply.excerpt or "no message"
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line, runs of whitespace as one space: for messages and log values."""
-    return " ".join(text.split())
-
-
-def describe(exc: BaseException) -> str:
-    """``TypeName: message`` of an exception, for messages (the type says as much as the text)."""
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
 
 
 def _object(value: object, reply: Reply, where: str) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import aiohttp
 
 from hafloatd import __version__
 from hafloatd.config import ApiConfig
-from hafloatd.doapi.models import describe
 from hafloatd.errors import ApiError
+from hafloatd.logs import describe
 from hafloatd.token import ApiToken
 
 log = logging.getLogger("hafloatd.doapi")

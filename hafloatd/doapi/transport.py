@@ -19,7 +19,6 @@ the server (``TransportFailure.sent``) and the client decides (see ``client``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -34,11 +33,9 @@ from hafloatd.deadline import Deadline
 from hafloatd.doapi.models import (
     RateLimit,
     Reply,
-    describe,
     error_id,
     error_message,
     make_reply,
-    one_line,
 )
 from hafloatd.doapi.session import ApiSession
 from hafloatd.errors import (
@@ -49,6 +46,7 @@ from hafloatd.errors import (
     ApiUnavailable,
     DeadlineExceeded,
 )
+from hafloatd.logs import describe, kv, one_line
 from hafloatd.metrics import Metrics
 from hafloatd.token import ApiToken
 
@@ -384,14 +382,6 @@ def raise_for_status(endpoint: Endpoint, reply: Reply, *, subject: str) -> NoRet
 
 def retryable_status(status: int) -> bool:
     return status == 429 or 500 <= status <= 599
-
-
-def kv(text: str) -> str:
-    """A log value: bare when it is one word, else double-quoted (logfmt)."""
-    flat = one_line(text)
-    if flat and not any(ch in flat for ch in ' "='):
-        return flat
-    return json.dumps(flat, ensure_ascii=False)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -35,8 +35,7 @@ async def test_daemon_paths_never_block_the_loop(simulator: Simulator, tmp_path:
         sock = config.control.socket_path
         # Only the daemon's modules are scanned: the simulator and test code may block.
         with blockbuster_ctx(["hafloatd"], excluded_modules=["hafloatd.lab", "tests"]):
-            await daemon.startup()
-            try:
+            async with daemon.running():
                 reply = await request(sock, {"op": "start", "ip": IP, "deadline_ms": 10000}, 10)
                 assert reply["ocf"] == 0, reply
                 reply = await request(sock, {"op": "monitor", "ip": IP, "deadline_ms": 5000}, 5)
@@ -49,8 +48,10 @@ async def test_daemon_paths_never_block_the_loop(simulator: Simulator, tmp_path:
                 async with asyncio.timeout(5):
                     while daemon.probe is not None and daemon.probe.checks_total < 2:
                         await asyncio.sleep(0.02)
-            finally:
-                await daemon.shutdown()
+                owned = {"metadata-poll", "holder-check", "keep-warm"}
+                assert owned <= {task.get_name() for task in asyncio.all_tasks()}
+        # Leaving running() shut everything down: no task the daemon started is left behind.
+        assert owned.isdisjoint(task.get_name() for task in asyncio.all_tasks())
         assert simulator.holder(IP) == 1001
         assert (
             registry.get_sample_value("hafloatd_failovers_total", {"ip": IP, "outcome": "moved"})
