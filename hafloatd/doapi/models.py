@@ -92,7 +92,7 @@ def make_reply(status: int, raw: bytes, headers: CIMultiDictProxy[str], what: st
     if text.strip():
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             body = None
     request_id = headers.get("x-request-id")
     if isinstance(body, dict) and isinstance(body.get("request_id"), str):
