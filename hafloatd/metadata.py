@@ -10,12 +10,9 @@ IP is *unknown* (None), never *held*.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -27,6 +24,7 @@ from hafloatd import __version__
 from hafloatd.config import MetadataConfig, PathFamily
 from hafloatd.deadline import Deadline
 from hafloatd.errors import MetadataError
+from hafloatd.fsutil import write_atomically
 from hafloatd.httpio import read_limited
 from hafloatd.logs import describe, kv, one_line
 from hafloatd.metrics import Metrics
@@ -341,28 +339,10 @@ def _read_cache_file(path: str) -> DropletIdentity | None:
 
 
 def _write_cache_file(path: str, identity: DropletIdentity) -> None:
-    """Write atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    """Replace the cache in one step (fsutil.write_atomically); creates its directory."""
     payload = dict(asdict(identity), version=CACHE_FORMAT_VERSION, fetched_at=int(time.time()))
-    fd, temp_path = tempfile.mkstemp(prefix=".metadata-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_path)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    content = (json.dumps(payload, sort_keys=True) + "\n").encode("utf-8")
+    write_atomically(path, content, mode=0o644, dir_mode=0o755)
 
 
 def _ipv4_or_none(value: str | None) -> str | None:

@@ -25,9 +25,9 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         app.router.add_get("/healthz", self._healthz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.host, self.port)
         try:
             await site.start()
         except OSError as exc:
@@ -36,9 +36,9 @@ class MetricsServer:
                 exc.errno, f"metrics.listen {self.host}:{self.port}: {exc.strerror}"
             ) from None
         self._runner = runner
-        server = site._server  # the bound port when listen asked for port 0 (tests)
-        sockets = getattr(server, "sockets", None) or []
-        self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+        # The port actually bound: differs from self.port when listen asked for port 0.
+        addresses = runner.addresses  # (host, port, ...) per listening socket
+        self.bound_port = int(addresses[0][1]) if addresses else self.port
 
     async def close(self) -> None:
         if self._runner is not None:

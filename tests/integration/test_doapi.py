@@ -5,7 +5,7 @@ Every exchange is also validated against DigitalOcean's OpenAPI spec by the fixt
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -21,8 +21,15 @@ from hafloatd.errors import (
 )
 from hafloatd.lab.sim import Simulator
 from hafloatd.metrics import Metrics
-from tests.integration.test_doapi_support import api_client, sample
+from tests.integration.test_doapi_support import WaitWatch, api_client, sample
 from tests.sim_fixtures import IP_NYC, IP_SFO, MakeSimulator, default_scenario
+
+# Deadline tests: a deadline, waits between polls far longer than it, and a guard that fails
+# a client which started such a wait anyway (ten times the deadline; the honest client gives
+# up at once).
+SHORT_DEADLINE_S = 2.0
+LONG_POLL_S = 60.0
+WAIT_PAST_DEADLINE_GUARD_S = 10 * SHORT_DEADLINE_S
 
 # --- lookups ---------------------------------------------------------------------------------
 
@@ -200,14 +207,17 @@ async def test_pending_event_that_outlasts_the_deadline_raises_deadline_exceeded
     simulator: Simulator,
 ) -> None:
     simulator.faults.stuck_actions(1, ip=IP_NYC)
-    async with api_client(simulator) as api:
+    # Each wait between polls of the locked IP is longer than the deadline: a client that
+    # started one would sleep far past the deadline (and the guard would fail the test).
+    async with api_client(simulator, action_poll_interval=LONG_POLL_S) as api:
         first = await api.assign(IP_NYC, 1001, Deadline.after(5))
         assert first.action is not None
-        deadline = Deadline.after(0.6)
-        with pytest.raises(DeadlineExceeded, match="pending action"):
-            await api.assign(IP_NYC, 1002, deadline)
-        # It gave up rather than sleep past the deadline.
-        assert time.monotonic() <= deadline.at + 0.1
+        async with asyncio.timeout(WAIT_PAST_DEADLINE_GUARD_S):
+            with pytest.raises(DeadlineExceeded, match="pending action"):
+                await api.assign(IP_NYC, 1002, Deadline.after(SHORT_DEADLINE_S))
+    # It gave up on seeing the IP locked, rather than sleep past the deadline.
+    assert simulator.locked(IP_NYC)
+    assert [e.endpoint for e in simulator.exchanges[-2:]] == ["post_action", "get_reserved_ip"]
     simulator.finish_stuck_actions()
 
 
@@ -266,20 +276,32 @@ async def test_errored_action_raises_action_failed_with_action_id(simulator: Sim
 
 
 async def test_stuck_action_raises_deadline_exceeded_within_the_deadline(
-    simulator: Simulator,
+    simulator: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    simulator.faults.stuck_actions(1, ip=IP_NYC)
-    async with api_client(simulator) as api:
-        result = await api.assign(IP_NYC, 1001, Deadline.after(5))
-        assert result.action is not None
-        deadline = Deadline.after(0.5)
-        with pytest.raises(DeadlineExceeded) as info:
-            await api.wait_action(result.action.id, deadline, ip=IP_NYC, expected_droplet_id=1001)
-    # It says why, and the last poll went out before the deadline (no sleeping past it).
-    assert str(result.action.id) in str(info.value)
-    last = simulator.exchanges[-1]
-    assert last.received_monotonic <= deadline.at
-    simulator.finish_stuck_actions()
+    # Polls of a stuck action: the deadline ends the wait. With fast polls, it stops polling
+    # (it never sends a poll the deadline leaves no time for); with polls spaced wider than the
+    # deadline, it gives up at the first poll still in progress instead of starting a wait
+    # that would end past the deadline (the guard would fail a client that slept).
+    watch = WaitWatch(monkeypatch)
+    for poll_interval in (0.02, LONG_POLL_S):
+        simulator.force_holder(IP_NYC, None)
+        simulator.faults.stuck_actions(1, ip=IP_NYC)
+        async with api_client(simulator, action_poll_interval=poll_interval) as api:
+            result = await api.assign(IP_NYC, 1001, Deadline.after(5))
+            assert result.action is not None
+            async with asyncio.timeout(WAIT_PAST_DEADLINE_GUARD_S):
+                with pytest.raises(DeadlineExceeded) as info:
+                    await api.wait_action(
+                        result.action.id,
+                        watch.deadline(SHORT_DEADLINE_S),
+                        ip=IP_NYC,
+                        expected_droplet_id=1001,
+                    )
+        simulator.finish_stuck_actions()
+        assert str(result.action.id) in str(info.value)  # it says which action
+    assert "(status 'in-progress')" in str(info.value)  # and, polls spaced wide, why at once
+    assert len(watch.waits) >= 2  # the fast polls waited between polls
+    assert watch.waits_past_the_deadline() == []  # never a wait the deadline had no room for
 
 
 async def test_action_lookup_404_falls_back_to_the_holder(simulator: Simulator) -> None:

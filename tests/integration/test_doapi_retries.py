@@ -1,15 +1,18 @@
 """DoApiClient retry classes against the simulator's faults: 429, 5xx, timeouts, drops.
 
-Timing assertions are lower bounds taken from what the simulator recorded, or upper bounds
-set by the caller's deadline: no test sleeps.
+Timing assertions are lower bounds taken from what the simulator recorded (a wait the client
+must have made; load can only lengthen it). That a call ends within its deadline is shown by
+events: it ends before a held answer arrives, or it ends at all where the fault would keep a
+client that ignored the deadline retrying forever (a guard of ten times the deadline fails
+it). No test sleeps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shlex
 import socket
-import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -21,8 +24,18 @@ from hafloatd.errors import ApiUnavailable, DeadlineExceeded
 from hafloatd.lab.sim import Simulator
 from hafloatd.metrics import Metrics
 from hafloatd.token import ApiToken
-from tests.integration.test_doapi_support import api_client, sample
+from tests.integration.test_doapi_support import WaitWatch, api_client, sample
 from tests.sim_fixtures import DEFAULT_TOKEN, IP_NYC, IP_SFO, MakeSimulator, default_scenario
+
+# An injected latency longer than any test runs (the simulator ends held requests when it stops).
+HELD_S = 600.0
+
+
+def guard_for(deadline_s: float) -> float:
+    """How long a call under a ``deadline_s`` deadline may take before the test calls it hung:
+    ten times the deadline, never a measure of how promptly it ended."""
+    return 10 * deadline_s
+
 
 # --- 429 -------------------------------------------------------------------------------------
 
@@ -147,15 +160,20 @@ async def test_5xx_burst_is_retried_then_succeeds(simulator: Simulator) -> None:
 
 
 async def test_5xx_forever_raises_api_unavailable_before_the_deadline(
-    simulator: Simulator,
+    simulator: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     simulator.faults.server_errors(None, endpoint="get_reserved_ip", status=500)
+    watch = WaitWatch(monkeypatch)
     async with api_client(simulator) as api:
-        deadline = Deadline.after(1.5)
-        with pytest.raises(ApiUnavailable) as info:
-            await api.get_reserved_ip(IP_NYC, deadline)
-        assert not deadline.expired()
+        # 500s forever: only the deadline can end the retries.
+        async with asyncio.timeout(guard_for(1.5)):
+            with pytest.raises(ApiUnavailable) as info:
+                await api.get_reserved_ip(IP_NYC, watch.deadline(1.5))
+    # It backed off between attempts and gave up rather than wait past the deadline.
+    assert len(watch.waits) >= 2
+    assert watch.waits_past_the_deadline() == []
     assert "500" in str(info.value)
+    assert "deadline" in str(info.value)  # gave up for want of time, saying so
     assert "request_id=" in str(info.value)
     assert len(simulator.exchanges) >= 3
 
@@ -180,7 +198,7 @@ async def test_post_5xx_checks_the_holder_before_posting_again(simulator: Simula
 
 async def test_slow_answer_times_out_and_is_retried(simulator: Simulator) -> None:
     # The slow answer is held far past the deadline: the call can only succeed without it.
-    simulator.faults.latency(60.0, endpoint="get_reserved_ip", count=1)
+    simulator.faults.latency(HELD_S, endpoint="get_reserved_ip", count=1)
     metrics = Metrics(CollectorRegistry())
     async with api_client(
         simulator, metrics=metrics, request_timeout=0.3, connect_timeout=0.3
@@ -200,25 +218,30 @@ async def test_slow_answer_times_out_and_is_retried(simulator: Simulator) -> Non
 
 
 async def test_timeouts_until_the_deadline_raise_api_unavailable_in_time(
-    simulator: Simulator,
+    simulator: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    simulator.faults.latency(1.2, endpoint="get_reserved_ip")
+    # Every answer is held past the test: each attempt times out, so only the deadline can
+    # end the retries.
+    simulator.faults.latency(HELD_S, endpoint="get_reserved_ip")
+    watch = WaitWatch(monkeypatch)
     async with api_client(simulator, request_timeout=0.3, connect_timeout=0.3) as api:
-        deadline = Deadline.after(1.0)
-        with pytest.raises(ApiUnavailable, match="timeout"):
-            await api.get_reserved_ip(IP_NYC, deadline)
-        assert time.monotonic() <= deadline.at + 0.1
+        async with asyncio.timeout(guard_for(1.0)):
+            with pytest.raises(ApiUnavailable, match="timeout"):
+                await api.get_reserved_ip(IP_NYC, watch.deadline(1.0))
+    assert watch.waits  # retried after a timeout
+    assert watch.waits_past_the_deadline() == []
 
 
 async def test_request_never_outlives_the_deadline_even_with_long_request_timeout(
     simulator: Simulator,
 ) -> None:
-    simulator.faults.latency(1.5, endpoint="get_reserved_ip")
-    async with api_client(simulator, request_timeout=5.0) as api:
-        deadline = Deadline.after(0.4)
+    # The answer comes after 4 s, well within request_timeout: a request that was not cut
+    # off at the deadline would get it and succeed.
+    simulator.faults.latency(4.0, endpoint="get_reserved_ip")
+    async with api_client(simulator, request_timeout=10.0) as api:
         with pytest.raises(ApiUnavailable):
-            await api.get_reserved_ip(IP_NYC, deadline)
-        assert time.monotonic() <= deadline.at + 0.1
+            await api.get_reserved_ip(IP_NYC, Deadline.after(0.4))
+        assert simulator.requests("get_reserved_ip") == []  # nothing answered yet
 
 
 async def test_dropped_post_that_took_effect_is_not_posted_again(simulator: Simulator) -> None:
@@ -268,17 +291,22 @@ async def test_dropped_get_is_retried(simulator: Simulator) -> None:
     assert [e.dropped for e in simulator.exchanges] == [True, True, False]
 
 
-async def test_connection_refused_raises_api_unavailable_naming_the_url() -> None:
+async def test_connection_refused_raises_api_unavailable_naming_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base_url = f"http://127.0.0.1:{port}"
     config = ApiConfig(base_url=base_url, connect_timeout=0.2, request_timeout=0.5)
+    watch = WaitWatch(monkeypatch)
     async with DoApiClient(config, ApiToken(DEFAULT_TOKEN)) as api:
-        deadline = Deadline.after(1.0)
-        with pytest.raises(ApiUnavailable) as info:
-            await api.get_reserved_ip(IP_NYC, deadline)
-        assert time.monotonic() <= deadline.at + 0.1
+        # Refused forever: only the deadline can end the retries.
+        async with asyncio.timeout(guard_for(1.0)):
+            with pytest.raises(ApiUnavailable) as info:
+                await api.get_reserved_ip(IP_NYC, watch.deadline(1.0))
+    assert watch.waits  # retried after a refusal
+    assert watch.waits_past_the_deadline() == []
     assert base_url in str(info.value)
     assert "connection error" in str(info.value)
 
@@ -304,14 +332,16 @@ async def test_each_retry_is_logged_as_one_key_value_line(
 
 
 async def test_post_dropped_every_time_backs_off_and_gives_up_before_the_deadline(
-    simulator: Simulator,
+    simulator: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     simulator.faults.drop_connections(None, endpoint="post_action", after_state_change=False)
+    watch = WaitWatch(monkeypatch)
     async with api_client(simulator) as api:
-        deadline = Deadline.after(1.5)
-        with pytest.raises((ApiUnavailable, DeadlineExceeded)):
-            await api.assign(IP_NYC, 1001, deadline)
-        assert time.monotonic() <= deadline.at + 0.1
+        # Dropped forever: only the deadline can end the retries.
+        async with asyncio.timeout(guard_for(1.5)):
+            with pytest.raises((ApiUnavailable, DeadlineExceeded)):
+                await api.assign(IP_NYC, 1001, watch.deadline(1.5))
+    assert watch.waits_past_the_deadline() == []
     posts = simulator.posts(IP_NYC)
     assert 2 <= len(posts) <= 8  # re-posted after each holder check, with backoff between
     assert simulator.holder(IP_NYC) is None

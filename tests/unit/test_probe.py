@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -81,9 +81,7 @@ class FakeWeb:
         self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await self._site.start()
         if not self.port:
-            server = self._site._server
-            assert isinstance(server, asyncio.base_events.Server)
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = int(self._runner.addresses[0][1])
             self.url = f"http://127.0.0.1:{self.port}/"
 
     async def stop_listening(self) -> None:
@@ -297,7 +295,9 @@ async def test_slow_answer_times_out_and_counts_as_failure(fake_web: FakeWeb) ->
         await probe.stop()
     assert seen[0].new is HealthState.DOWN
     assert seen[0].last_error == "timeout after 0.03s"
-    assert probe.last_duration_s is not None and probe.last_duration_s < 1.0
+    assert not fake_web.release.is_set()  # the server never answered: the timeout ended it
+    # The duration recorded is the check's, which lasted at least its timeout.
+    assert probe.last_duration_s is not None and probe.last_duration_s >= 0.03
 
 
 async def test_closed_listener_is_noticed_because_each_check_opens_a_new_connection(
@@ -355,16 +355,24 @@ async def test_reconfigure_applies_new_url_and_shorter_interval_at_once(
     assert probe.snapshot()["url"] == fake_web.url + "health"
 
 
-async def test_stop_cancels_promptly_during_a_slow_check(fake_web: FakeWeb) -> None:
-    fake_web.slow = True
-    probe, _transitions = make_probe(health(fake_web.url, interval=60.0, timeout=30.0))
+async def test_stop_cancels_promptly_during_a_slow_check(
+    fake_web: FakeWeb, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_web.slow = True  # held until the fixture closes the server
+    probe, _transitions = make_probe(health(fake_web.url, interval=120.0, timeout=60.0))
     await probe.start()
     assert probe.running
     await asyncio.wait_for(fake_web.hit.wait(), WAIT_S)
-    started = time.monotonic()
-    await probe.stop()
-    assert time.monotonic() - started < 1.0
+    caplog.set_level(logging.INFO, logger="hafloatd.probe")
+    # The check would last its 60 s timeout: stop returning within WAIT_S cancelled it.
+    async with asyncio.timeout(WAIT_S):
+        await probe.stop()
     assert not probe.running
+    assert probe.checks_total == 0  # cancelled in flight, not waited for and recorded
+    assert not fake_web.release.is_set()
+    # The loop ended when cancelled: stop did not have to give up waiting for it.
+    assert "event=probe_stopped" in caplog.text
+    assert "probe_stop_timeout" not in caplog.text
 
 
 async def test_exception_in_a_check_counts_as_failure_and_the_loop_survives(
@@ -415,11 +423,27 @@ async def test_on_change_exception_does_not_stop_the_probe(fake_web: FakeWeb) ->
     ]
 
 
-async def test_interval_is_start_to_start_without_drift(fake_web: FakeWeb) -> None:
-    # Each check takes ~60 ms; with sleep-after-check scheduling ten checks would span
-    # 9 * 160 ms = 1.44 s, start-to-start scheduling keeps them at 9 * 100 ms = 0.9 s.
+async def test_interval_is_start_to_start_without_drift(
+    fake_web: FakeWeb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each check takes ~60 ms of a 100 ms interval. Start-to-start scheduling keeps every
+    start on one grid, ``first + k * interval``, each slot computed from the previous slot;
+    sleeping an interval after each check would drift by the check's duration every cycle.
+    Judged on the slots the loop computes, not on how long anything took: a loaded machine
+    may skip slots (the grid absorbs it) but never leaves it."""
+    interval = 0.1
+    slots: list[tuple[float, float]] = []  # (previous slot it was computed from, new slot)
+    real_next_slot = probe_module._next_slot
+
+    def recording_next_slot(previous_start: float, step: float, now: float) -> float:
+        assert step == interval
+        slot = real_next_slot(previous_start, step, now)
+        slots.append((previous_start, slot))
+        return slot
+
+    monkeypatch.setattr(probe_module, "_next_slot", recording_next_slot)
     fake_web.delay_s = 0.06
-    probe, _transitions = make_probe(health(fake_web.url, interval=0.1, timeout=0.09))
+    probe, _transitions = make_probe(health(fake_web.url, interval=interval, timeout=0.09))
     await probe.start()
     try:
         async with asyncio.timeout(WAIT_S):
@@ -428,8 +452,16 @@ async def test_interval_is_start_to_start_without_drift(fake_web: FakeWeb) -> No
                 await fake_web.hit.wait()
     finally:
         await probe.stop()
-    span = fake_web.hit_times[9] - fake_web.hit_times[0]
-    assert 0.85 <= span < 1.2, span
+    assert len(slots) >= 9
+    first = slots[0][0]  # the first check's start anchors the grid
+    # Each slot computed from the previous slot, not from "now" or the check's end.
+    assert [previous for previous, _ in slots[1:]] == [slot for _, slot in slots[:-1]]
+    steps = [(slot - first) / interval for _, slot in slots]
+    assert steps == sorted(set(steps))  # strictly later each time
+    assert [round(k) for k in steps] == pytest.approx(steps, abs=1e-6)  # on the grid
+    # And each check starts at its slot, not before.
+    for hit_time, (_, slot) in zip(fake_web.hit_times[1:], slots, strict=False):
+        assert hit_time >= slot
 
 
 def test_next_slot_skips_missed_slots_and_keeps_the_phase() -> None:

@@ -63,20 +63,24 @@ DO_CLIENT_METHODS = [
     "keep_warm",
 ]  # fmt: skip
 
+
 @pytest.mark.parametrize("module_name", sorted(PUBLIC))
 def test_module_exposes_its_public_names(module_name: str) -> None:
     module = importlib.import_module(module_name)
     missing = [name for name in PUBLIC[module_name] if not hasattr(module, name)]
     assert missing == []
 
+
 def test_do_client_methods_are_coroutines() -> None:
     for name in DO_CLIENT_METHODS:
         assert inspect.iscoroutinefunction(getattr(DoApiClient, name)), name
+
 
 def test_simulator_and_fault_injector_offer_what_tests_drive() -> None:
     assert [m for m in SIMULATOR_METHODS if not callable(getattr(Simulator, m, None))] == []
     assert [m for m in FAULT_METHODS if not callable(getattr(FaultInjector, m, None))] == []
     assert isinstance(Simulator.metadata_lag_s, property)
+
 
 def test_every_error_maps_to_an_ocf_exit_code() -> None:
     classes = [
@@ -89,20 +93,29 @@ def test_every_error_maps_to_an_ocf_exit_code() -> None:
         assert cls.ocf_code in range(8), cls
         assert cls.__name__ in (errors.__doc__ or ""), f"{cls.__name__} missing from the tree"
 
+
 # --- DESIGN §10: the lab imports nothing from the daemon's side ------------------------------
 # A fake that shares code with what it tests hides the bugs both would share. The lab may import
-# itself (hafloatd.lab.*) and the package root (hafloatd, for __version__); everything else in
-# hafloatd is the daemon's side (doapi, metadata, controller, holder, roles, config, token,
-# control, daemon, dispatch, probe, errors...), so the rule is an allowlist: a new daemon module
-# is covered without editing this test.
+# itself (hafloatd.lab.*), the package root (hafloatd, for __version__) and the shared leaves
+# below; everything else in hafloatd is the daemon's side (doapi, metadata, controller, holder,
+# roles, config, token, control, daemon, dispatch, probe, errors...), so the rule is an
+# allowlist: a new daemon module is covered without editing this test.
 
 PACKAGE_ROOT = Path(importlib.import_module("hafloatd").__file__ or "").parent
 LAB_ALLOWED = ("hafloatd", "hafloatd.__version__")
+# Shared leaves: dependency-free helpers (standard library only, nothing from hafloatd) that
+# hold none of the behaviour the lab judges (no DigitalOcean, metadata, Pacemaker or holder
+# logic), so sharing them cannot hide a bug the simulator is there to catch.
+#   hafloatd.fsutil: the atomic file writer; the cluster harness writes each node's files with
+#   it (lab/cluster/nodefiles.py). test_shared_leaves_import_nothing_from_hafloatd keeps it a leaf.
+LAB_SHARED_LEAVES = ("hafloatd.fsutil",)
 LAB_PACKAGE = "hafloatd.lab"
+
 
 def module_name_of(path: Path) -> str:
     parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
 
 def imported_names(source: str, module_name: str, *, is_package: bool = False) -> set[str]:
     """Absolute names of everything ``source`` (the text of ``module_name``) imports.
@@ -133,10 +146,12 @@ def imported_names(source: str, module_name: str, *, is_package: bool = False) -
                 )
     return names
 
+
 def _is_dynamic_import(func: ast.expr) -> bool:
     if isinstance(func, ast.Name):
         return func.id in ("__import__", "import_module")
     return isinstance(func, ast.Attribute) and func.attr == "import_module"
+
 
 def daemon_side_imports(names: set[str]) -> list[str]:
     """The names that reach into hafloatd outside the lab (sorted)."""
@@ -145,9 +160,15 @@ def daemon_side_imports(names: set[str]) -> list[str]:
         for name in names
         if (name == "hafloatd" or name.startswith("hafloatd."))
         and name not in LAB_ALLOWED
-        and name != LAB_PACKAGE
-        and not name.startswith(LAB_PACKAGE + ".")
+        and not _within(name, LAB_PACKAGE)
+        and not any(_within(name, leaf) for leaf in LAB_SHARED_LEAVES)
     )
+
+
+def _within(name: str, module: str) -> bool:
+    """``name`` is ``module`` or a name inside it (``from module import x`` gives module.x)."""
+    return name == module or name.startswith(module + ".")
+
 
 def test_lab_imports_nothing_from_the_daemon_side() -> None:
     """DESIGN §10, over every module under hafloatd/lab/, subpackages included."""
@@ -167,6 +188,7 @@ def test_lab_imports_nothing_from_the_daemon_side() -> None:
             offenders[str(path.relative_to(PACKAGE_ROOT.parent))] = found
     assert offenders == {}
 
+
 @pytest.mark.parametrize(
     ("module", "source"),
     [
@@ -183,10 +205,13 @@ def test_lab_imports_nothing_from_the_daemon_side() -> None:
         ("hafloatd.lab.sim.state", "def f():\n    import hafloatd.holder"),
         ("hafloatd.lab.sim.state", "importlib.import_module('hafloatd.dispatch')"),
         ("hafloatd.lab.sim.state", "__import__('hafloatd.roles')"),
+        ("hafloatd.lab.cluster.nodefiles", "from hafloatd import fsutil, config"),
+        ("hafloatd.lab.cluster.nodefiles", "import hafloatd.fsutil_extra"),
     ],
 )
 def test_the_lab_import_rule_catches_every_form_of_import(module: str, source: str) -> None:
     assert daemon_side_imports(imported_names(source, module)) != []
+
 
 @pytest.mark.parametrize(
     ("module", "source"),
@@ -199,11 +224,24 @@ def test_the_lab_import_rule_catches_every_form_of_import(module: str, source: s
         ("hafloatd.lab.sim.cli", "from ..nodes import DaemonNode"),
         ("hafloatd.lab.sim", "from . import state"),
         ("hafloatd.lab.sim.cli", "import aiohttp, yaml"),
+        ("hafloatd.lab.cluster.nodefiles", "import hafloatd.fsutil"),
+        ("hafloatd.lab.cluster.nodefiles", "from hafloatd import fsutil"),
+        ("hafloatd.lab.cluster.nodefiles", "from hafloatd.fsutil import write_atomically"),
+        ("hafloatd.lab.cluster.nodefiles", "from ...fsutil import write_atomically"),
     ],
 )
 def test_the_lab_import_rule_allows_the_lab_and_the_version(module: str, source: str) -> None:
     is_package = module == "hafloatd.lab.sim"
     assert daemon_side_imports(imported_names(source, module, is_package=is_package)) == []
+
+
+@pytest.mark.parametrize("leaf", LAB_SHARED_LEAVES)
+def test_shared_leaves_import_nothing_from_hafloatd(leaf: str) -> None:
+    """What makes a shared leaf safe for the lab: it brings nothing of the daemon along."""
+    path = Path(importlib.import_module(leaf).__file__ or "")
+    names = imported_names(path.read_text(encoding="utf-8"), leaf)
+    assert sorted(n for n in names if _within(n, "hafloatd")) == []
+
 
 def test_importing_every_lab_module_loads_no_daemon_module() -> None:
     """The same rule at run time, in a fresh interpreter: catches imports built at run time."""
@@ -226,6 +264,8 @@ def test_importing_every_lab_module_loads_no_daemon_module() -> None:
     loaded = set(result.stdout.split())
     assert f"{LAB_PACKAGE}.sim.state" in loaded
     assert daemon_side_imports(loaded) == []
+
+
 def test_control_protocol_is_a_leaf_the_controller_can_import() -> None:
     """The controller builds its replies from it: it must not pull in the server (a cycle)."""
     package = Path(importlib.import_module("hafloatd.control").__file__ or "").parent

@@ -11,6 +11,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from blockbuster import blockbuster_ctx
@@ -214,16 +215,17 @@ def test_missing_manager_socket_logs_and_does_not_raise(
     assert "event=sd_notify_failed keys=READY,STATUS errno=ENOENT" in caplog.text
 
 
-def test_full_manager_queue_drops_with_a_log_line_instead_of_blocking(
+async def test_full_manager_queue_drops_with_a_log_line_instead_of_blocking(
     receiver: Receiver, notifier: SdNotifier, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="hafloatd.sdnotify")
     # Nobody reads the receiver: its queue (net.unix.max_dgram_qlen, 10 by default, and the
-    # socket buffers) fills long before 5000 datagrams.
-    started = time.monotonic()
-    for _ in range(5000):
-        notifier.watchdog_ping()
-    assert time.monotonic() - started < 1.0
+    # socket buffers) fills long before 5000 datagrams. From the event loop, as the daemon
+    # sends them: blockbuster fails any send that could block, and a blocking send to a full
+    # queue would wait here until the receiver is closed.
+    with blockbuster_ctx("hafloatd"):
+        for _ in range(5000):
+            notifier.watchdog_ping()
     assert "event=sd_notify_dropped reason=EAGAIN keys=WATCHDOG" in caplog.text
     queued = receiver.pending()
     assert queued
@@ -280,21 +282,34 @@ def test_watchdog_is_off_without_notify_socket() -> None:
 
 
 async def test_run_watchdog_pings_every_interval_and_stops_when_cancelled(
-    receiver: Receiver,
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sd = SdNotifier(receiver.environ(WATCHDOG_USEC="100000"))  # ping every 50 ms
+    # What the watchdog task does, in order: its pings and the waits between them.
+    steps: list[str] = []
+    real_ping, real_sleep = sd.watchdog_ping, asyncio.sleep
+
+    def ping() -> None:
+        steps.append("ping")
+        real_ping()
+
+    async def sleep(delay: float, *args: Any) -> Any:
+        if asyncio.current_task() is task:
+            steps.append(f"sleep {delay:g}")
+        return await real_sleep(delay, *args)
+
+    monkeypatch.setattr(sd, "watchdog_ping", ping)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
     # The watchdog runs on the loop: prove it makes no blocking call while it does.
     with blockbuster_ctx("hafloatd"):
         task = asyncio.create_task(sd.run_watchdog())
-        started = time.monotonic()
         for _ in range(3):
             assert await receiver.arecv() == "WATCHDOG=1\n"
-        elapsed_s = time.monotonic() - started
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    # Three pings: the first at once, then two intervals of 50 ms.
-    assert elapsed_s >= 0.09
+    # The first ping at once, then one interval (half of WATCHDOG_USEC) before each next one.
+    assert steps[:5] == ["ping", "sleep 0.05", "ping", "sleep 0.05", "ping"]
     assert task.cancelled()
     receiver.pending()  # drain anything sent before the cancellation landed
     sd.status("after the watchdog")
@@ -360,39 +375,58 @@ async def test_run_watchdog_treats_a_failing_health_check_as_unhealthy(
     sd.close()
 
 
-async def test_run_watchdog_logs_a_late_tick_after_the_loop_was_blocked(
+class JumpingClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock can be moved forward at once: to the loop, exactly as if it
+    had been blocked that long, without spending the time (or measuring it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jumped_s = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.jumped_s
+
+
+def test_run_watchdog_logs_a_late_tick_after_the_loop_was_blocked(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="hafloatd.sdnotify")
-    sd = SdNotifier(receiver.environ(WATCHDOG_USEC="40000"))  # ping every 20 ms
-    third_check = asyncio.Event()
-    checks = 0
+    wedge_s = 0.1  # five intervals
+    loop = JumpingClockLoop()
 
-    def healthy() -> bool:
-        nonlocal checks
-        checks += 1
-        if checks == 1:
-            # The wedge under test: hold the loop for 5 intervals without yielding.
-            stalled_until = time.monotonic() + 0.1
-            while time.monotonic() < stalled_until:
-                pass
-        if checks == 3:
-            third_check.set()
-        return True
+    async def main() -> None:
+        sd = SdNotifier(receiver.environ(WATCHDOG_USEC="40000"))  # ping every 20 ms
+        third_check = asyncio.Event()
+        checks = 0
 
-    task = asyncio.create_task(sd.run_watchdog(healthy))
+        def healthy() -> bool:
+            nonlocal checks
+            checks += 1
+            if checks == 1:
+                loop.jumped_s += wedge_s  # the wedge under test, as the loop sees it
+            if checks == 3:
+                third_check.set()
+            return True
+
+        task = asyncio.create_task(sd.run_watchdog(healthy))
+        try:
+            async with asyncio.timeout(RECV_TIMEOUT_S):
+                await third_check.wait()
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            sd.close()
+
     try:
-        async with asyncio.timeout(RECV_TIMEOUT_S):
-            await third_check.wait()
+        loop.run_until_complete(main())
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        sd.close()
+        loop.close()
     late = [r.getMessage() for r in caplog.records if "event=watchdog_late" in r.getMessage()]
     assert late, caplog.text
+    # The tick after the wedge reports a lag covering all of it (a busy CI may add others).
     lags_s = [float(message.split("lag_s=")[1].split()[0]) for message in late]
-    assert max(lags_s) >= 0.09
+    assert max(lags_s) >= wedge_s
 
 
 async def test_run_watchdog_returns_at_once_when_watchdog_pid_is_not_ours(
