@@ -126,8 +126,9 @@ async def test_a_move_completes_within_the_start_timeout_despite_api_faults(
 async def test_a_move_waits_out_a_pending_event_within_the_start_timeout(
     healthy: Cluster,
 ) -> None:
-    """Someone else's action on the IP is in progress when the start's POST arrives: 422
-    "pending event", the daemon waits for it and assigns once it is over."""
+    """Someone else's action on the IP is in progress when the start comes: the daemon waits
+    for it (the IP is locked: in flux; or its POST met 422 "pending event") and assigns once
+    it is over."""
     cluster = healthy
     sim = cluster.simulator
     [where] = (await cluster.status()).active_nodes()
@@ -136,9 +137,15 @@ async def test_a_move_waits_out_a_pending_event_within_the_start_timeout(
     sim.faults.stuck_actions(1, ip=cluster.ip)
     assert await api_post(cluster, {"type": "unassign"}) == 201
     assert sim.locked(cluster.ip)
+    gets_before = len(sim.requests("get_reserved_ip", ip=cluster.ip))
+
+    def start_is_waiting() -> bool:
+        refused = any(e.status == 422 for e in posts(cluster, since))
+        polling = len(sim.requests("get_reserved_ip", ip=cluster.ip)) >= gets_before + 2
+        return refused or polling
+
     await cluster.move(target)
-    await wait_until(lambda: any(e.status == 422 for e in posts(cluster, since)), 20,
-                     "the start's POST refused with 422 pending event")  # fmt: skip
+    await wait_until(start_is_waiting, 20, "the start waiting for the pending action")
     assert sim.finish_stuck_actions() == 1
     status = await cluster.wait_for(lambda s: s.started_on(target.name),
                                     cluster.spec.resource.start_timeout_s + 15,
