@@ -1,8 +1,10 @@
 """``hafloatd check-config``: validate a configuration file without starting anything.
 
 Exit 0 and a short summary for a valid file; exit 2 and one ``PATH: key.path: problem`` line
-per problem otherwise. It never reads the API token and never touches the network, so it is
-safe in ``ExecStartPre=``/``ExecReload=`` and in CI; it does not import aiohttp.
+per problem otherwise. A valid file whose idle API cadence exceeds ``api.hourly_budget`` gets
+a ``PATH: WARNING: ...`` line on stderr (with ``-q`` too) and still exits 0. It never reads
+the API token and never touches the network, so it is safe in ``ExecStartPre=``/
+``ExecReload=`` and in CI; it does not import aiohttp.
 """
 
 from __future__ import annotations
@@ -11,7 +13,16 @@ import argparse
 import sys
 from typing import TextIO
 
-from hafloatd.config import DEFAULT_PATH, TOKEN_ENV_VAR, Config, format_duration, load_config
+from hafloatd.config import (
+    DEFAULT_PATH,
+    TOKEN_ENV_VAR,
+    TOKEN_LIMIT_PER_HOUR,
+    Config,
+    budget_warnings,
+    format_duration,
+    idle_requests_per_hour,
+    load_config,
+)
 from hafloatd.errors import ConfigError
 
 EXIT_OK = 0
@@ -39,6 +50,8 @@ def main(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{path}: {problem}", file=sys.stderr)
         return EXIT_INVALID
+    for warning in budget_warnings(config):
+        print(f"{path}: WARNING: {warning}", file=sys.stderr)
     if not args.quiet:
         print_summary(config, path, sys.stdout)
     return EXIT_OK
@@ -57,6 +70,7 @@ def summary_lines(config: Config, path: str) -> list[str]:
         f"{path}: OK",
         f"  ips:       {ips}",
         f"  api:       {api.base_url} (path family {api.path_family})",
+        f"  budget:    {_budget(config)}",
         f"  token:     {_token_source(config)}",
         f"  control:   {control.socket_path} (mode {control.mode:04o}, group "
         f"{control.group or '-'}, users {_names(control.allowed_users)}, groups "
@@ -77,6 +91,18 @@ def summary_lines(config: Config, path: str) -> list[str]:
     lines.append(f"  pacemaker: notify_failures {notify}")
     lines.append(f"  state_dir: {config.state_dir}")
     return lines
+
+
+def _budget(config: Config) -> str:
+    """The idle cadence against ``api.hourly_budget`` and the token's hourly limit."""
+    api = config.api
+    idle = idle_requests_per_hour(api, len(config.ips))
+    return (
+        f"about {idle:.0f} API requests/hour idle (holder check every "
+        f"{format_duration(api.holder_check_interval)}, keep-warm after "
+        f"{format_duration(api.keepalive_interval)} quiet), budget {api.hourly_budget}/hour, "
+        f"{100 * idle / TOKEN_LIMIT_PER_HOUR:.1f}% of {TOKEN_LIMIT_PER_HOUR:,}/hour per token"
+    )
 
 
 def _token_source(config: Config) -> str:

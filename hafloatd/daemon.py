@@ -29,14 +29,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from typing import TYPE_CHECKING, Any
 
 from hafloatd import __version__, watch
-from hafloatd.config import DEFAULT_PATH, Config, HealthConfig, IpConfig, load_config
+from hafloatd.config import (
+    DEFAULT_PATH,
+    Config,
+    HealthConfig,
+    IpConfig,
+    budget_warnings,
+    load_config,
+)
 from hafloatd.control.server import ControlServer
 from hafloatd.controller import IpController
 from hafloatd.deadline import Deadline
 from hafloatd.dispatch import Dispatcher, apply_stop_records
 from hafloatd.doapi import DoApiClient
 from hafloatd.errors import ConfigError, HafloatdError
-from hafloatd.logs import one_line, redact_secret, setup_logging
+from hafloatd.logs import kv, one_line, redact_secret, setup_logging
 from hafloatd.metadata import DropletIdentity, MetadataClient
 from hafloatd.metrics import Metrics
 from hafloatd.pacemaker import PacemakerNotifier
@@ -198,6 +205,8 @@ class Daemon:
         self.token = await asyncio.to_thread(load_token, config.api, self.environ)
         stack.callback(redact_secret(self.token.token.reveal()))
         log.info("event=token_loaded source=%s", self.token.source)
+        for warning in budget_warnings(config):
+            log.warning("event=api_over_budget warning=%s", kv(warning))
         if config.metrics.listen:
             await self._start_metrics_server(config.metrics.listen)
         self.api = api = DoApiClient(config.api, self.token.token, metrics=self.metrics)
@@ -398,6 +407,9 @@ class Daemon:
                 "ratelimit_limit": rate.limit if rate else None,
                 "ratelimit_remaining": rate.remaining if rate else None,
                 "ratelimit_reset": rate.reset_at if rate else None,
+                "requests_last_hour": api.requests_last_hour if api else None,
+                "hourly_budget": self.config.api.hourly_budget,
+                "connections_opened": api.connections_opened if api else None,
             },
             "health": self.probe.snapshot() if self.probe else None,
             "ips": [controller.status() for controller in self.controllers.values()],

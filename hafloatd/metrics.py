@@ -74,6 +74,22 @@ class Metrics:
             "ratelimit-limit from the last DigitalOcean API response.",
             registry=r,
         )
+        self.api_requests_last_hour = Gauge(
+            "hafloatd_api_requests_last_hour",
+            "DigitalOcean API requests sent in the last hour (to the minute), all endpoints.",
+            registry=r,
+        )
+        self.api_hourly_budget = Gauge(
+            "hafloatd_api_hourly_budget",
+            "api.hourly_budget: API requests per hour this daemon should spend at rest.",
+            registry=r,
+        )
+        self.api_connections_opened_total = Counter(
+            "hafloatd_api_connections_opened_total",
+            "TCP (+TLS) connections opened to the DigitalOcean API; growth at rest means the "
+            "idle connection was dropped.",
+            registry=r,
+        )
         self.api_token_valid = Gauge(
             "hafloatd_api_token_valid",
             "1 if the last authenticated API request succeeded, 0 if it was refused "

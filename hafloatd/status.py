@@ -64,7 +64,8 @@ def refusal(reply: Mapping[str, Any], socket_path: str) -> str:
 
 
 def render(status: Mapping[str, Any]) -> str:
-    """A human-readable report: daemon line, API line, health line, one table row per IP."""
+    """A human-readable report: daemon line, API and API budget lines, health line, one table
+    row per IP."""
     droplet = status.get("droplet") or {}
     api = status.get("api") or {}
     health = status.get("health")
@@ -76,6 +77,9 @@ def render(status: Mapping[str, Any]) -> str:
         f"{_token_state(api.get('token_valid'))} via {api.get('token_source')}  "
         f"rate-limit {_or_dash(api.get('ratelimit_remaining'))}/"
         f"{_or_dash(api.get('ratelimit_limit'))} remaining",
+        f"api budget {_or_dash(api.get('requests_last_hour'))} requests in the last hour "
+        f"(budget {_or_dash(api.get('hourly_budget'))}/hour idle)  connections opened "
+        f"{_or_dash(api.get('connections_opened'))}",
         "health " + _health(health),
         "",
     ]

@@ -1,8 +1,11 @@
 """The loops that keep each controller's view of the holder fresh, and the API connection warm.
 
 ``metadata_loop`` asks the local metadata service who holds the reserved IP (cheap, often);
-``holder_check_loop`` asks the API (authoritative, slow cadence); ``keep_warm_loop`` keeps
-the TLS connection the next POST will reuse. Each runs until cancelled: the daemon owns the
+``holder_check_loop`` asks the API (authoritative, slow cadence), and its requests keep the
+connection the next POST will reuse warm; ``keep_warm_loop`` sends a cheap GET only when
+nothing else has used the API for ``api.keepalive_interval`` (with the defaults, never: the
+holder check comes first), so an idle daemon spends the holder checks' requests and no more
+(docs/configuration.md, "The request budget"). Each runs until cancelled: the daemon owns the
 tasks. A failure a loop expects (the service slow, down or garbled) only lets a view go
 stale; anything escaping a loop is a bug, and the daemon exits 70 for systemd to restart it.
 
@@ -75,10 +78,15 @@ async def holder_check_loop(config: ApiConfig, observers: Mapping[str, HolderObs
 
 
 async def keep_warm_loop(api: DoApiClient, config: ApiConfig) -> None:
-    """A cheap authenticated GET every ``api.keepalive_interval``: the connection stays warm."""
+    """A cheap authenticated GET once the API has been quiet for ``api.keepalive_interval``
+    (no request of any kind): the connection stays warm, and no request is spent on it while
+    the holder checks (or anything else) use it."""
     while True:
-        await asyncio.sleep(config.keepalive_interval)
-        try:
-            await api.keep_warm(Deadline.after(2 * config.request_timeout))
-        except HafloatdError as exc:
-            log.warning("event=keep_warm_failed error=%s", one_line(exc))
+        wait = config.keepalive_interval - api.quiet_for()
+        if wait <= 0:
+            try:
+                await api.keep_warm(Deadline.after(2 * config.request_timeout))
+            except HafloatdError as exc:
+                log.warning("event=keep_warm_failed error=%s", one_line(exc))
+            wait = config.keepalive_interval  # also after a failure: never a tight loop
+        await asyncio.sleep(wait)

@@ -10,7 +10,8 @@ Two layers of checks, so a problem is caught wherever a config is built:
 * the loader (``load_config`` / ``parse_config``) checks the YAML's shape and types against
   the dataclasses' annotations, rejects unknown and duplicate keys, collects every problem
   of the file into one ``ConfigError`` with line numbers, and adds the production guard
-  rail on the DigitalOcean request budget (``loader``).
+  rail on the DigitalOcean request budget (``loader``). ``budget_warnings`` says when a
+  valid file's idle cadence exceeds ``api.hourly_budget`` (a warning, not an error).
 
 The modules, imported one way, top to bottom:
 
@@ -27,6 +28,9 @@ from hafloatd.config.loader import (
     MAX_FILE_BYTES,
     MIN_ACTION_POLL_INTERVAL,
     REQUEST_BUDGET_PER_HOUR,
+    TOKEN_LIMIT_PER_HOUR,
+    budget_warnings,
+    idle_requests_per_hour,
     load_config,
     parse_config,
 )
@@ -60,6 +64,7 @@ __all__ = [
     "REQUEST_BUDGET_PER_HOUR",
     "SUN_PATH_MAX",
     "TOKEN_ENV_VAR",
+    "TOKEN_LIMIT_PER_HOUR",
     "ApiConfig",
     "Config",
     "ControlConfig",
@@ -73,7 +78,9 @@ __all__ = [
     "PacemakerConfig",
     "PathFamily",
     "TokenSource",
+    "budget_warnings",
     "format_duration",
+    "idle_requests_per_hour",
     "load_config",
     "parse_config",
     "parse_duration",

@@ -44,8 +44,11 @@ MAX_FILE_BYTES = 1024 * 1024
 # A file with more problems than this gets the first ones (in file order) and a count.
 MAX_PROBLEMS = 20
 _MAX_PROBLEM_CHARS = 300
-# Steady-state requests per hour one daemon may spend against api.digitalocean.com: the
-# limit is 5,000/hour per token, a pair usually shares one token, failovers need headroom.
+# DigitalOcean's rate limit: requests per hour per token (the whole account's, all droplets).
+TOKEN_LIMIT_PER_HOUR = 5000
+# Steady-state requests per hour one daemon may spend against api.digitalocean.com at most
+# (an error above it): a pair usually shares one token, failovers need headroom.
+# ``api.hourly_budget`` is the (much lower) target; above it check-config only warns.
 REQUEST_BUDGET_PER_HOUR = 1000
 MIN_ACTION_POLL_INTERVAL = 0.1  # faster polling burns DigitalOcean's 250/minute burst limit
 
@@ -305,24 +308,82 @@ def _raw_addresses(raw_ips: list[Any]) -> list[str | None]:
     return addresses
 
 
+def holder_checks_per_hour(api: ApiConfig, ip_count: int) -> float:
+    """The holder checks' requests per hour at rest: one GET per IP per interval."""
+    return ip_count * 3600 / api.holder_check_interval
+
+
+def keep_warms_per_hour(api: ApiConfig) -> float:
+    """At most this many keep-warm GETs per hour at rest. One goes out only after
+    ``keepalive_interval`` with no request at all, and the holder check leaves the API quiet
+    for ``holder_check_interval`` at a time: a longer keepalive never fires at rest."""
+    if api.keepalive_interval > api.holder_check_interval:
+        return 0.0
+    return 3600 / api.keepalive_interval
+
+
+def idle_requests_per_hour(api: ApiConfig, ip_count: int) -> float:
+    """API requests per hour of an idle daemon (IPs held, health OK): holder checks and any
+    keep-warm GETs; what ``api.hourly_budget`` and the 1000/hour guard are compared with."""
+    return holder_checks_per_hour(api, ip_count) + keep_warms_per_hour(api)
+
+
+def budget_warnings(config: Config) -> list[str]:
+    """What check-config (and the daemon, at startup) warns about: an idle cadence above
+    ``api.hourly_budget``, with the share of DigitalOcean's per-token limit it implies.
+    Not an error: the file is valid, and a proxy or a simulator may want other cadences."""
+    api, ip_count = config.api, len(config.ips)
+    total = idle_requests_per_hour(api, ip_count)
+    if total <= api.hourly_budget:
+        return []
+    parts = [
+        f"{ip_count} IP(s) checked every {format_duration(api.holder_check_interval)} "
+        f"(api.holder_check_interval): {holder_checks_per_hour(api, ip_count):.0f}"
+    ]
+    advice = "lengthen api.holder_check_interval"
+    keep_warms = keep_warms_per_hour(api)
+    if keep_warms:
+        parts.append(
+            f"up to {keep_warms:.0f} keep-warm GETs, api.keepalive_interval "
+            f"({format_duration(api.keepalive_interval)}) being no longer than the holder check"
+        )
+        advice += ", set api.keepalive_interval above it"
+    return [
+        f"api.hourly_budget: an idle daemon would send about {total:.0f} API requests/hour "
+        f"({'; '.join(parts)}), over api.hourly_budget ({api.hourly_budget}): "
+        f"{_share(total)} of DigitalOcean's {TOKEN_LIMIT_PER_HOUR:,} requests/hour per token, "
+        f"{_droplets(total)} per token (at the budget: {_droplets(api.hourly_budget)}); "
+        f"{advice}, or raise api.hourly_budget"
+    ]
+
+
+def _share(per_hour: float) -> str:
+    return f"{100 * per_hour / TOKEN_LIMIT_PER_HOUR:.1f}%"
+
+
+def _droplets(per_hour: float) -> str:
+    count = math.floor(TOKEN_LIMIT_PER_HOUR / per_hour)
+    return f"{count} idle droplet{'' if count == 1 else 's'}"
+
+
 def _policy_problems(api: ApiConfig, ip_count: int) -> Problems:
     """Guard rails for production against DigitalOcean's real API (not for simulators)."""
     host = urlsplit(api.base_url).hostname or ""
     if not (host == "digitalocean.com" or host.endswith(".digitalocean.com")):
         return
-    keepalive_per_hour = 3600 / api.keepalive_interval
-    holder_per_hour = ip_count * 3600 / api.holder_check_interval
-    total = keepalive_per_hour + holder_per_hour
+    keep_warms = keep_warms_per_hour(api)
+    holder_checks = holder_checks_per_hour(api, ip_count)
+    total = keep_warms + holder_checks
     if total > REQUEST_BUDGET_PER_HOUR:
-        key = "holder_check_interval"
-        if keepalive_per_hour > holder_per_hour:
-            key = "keepalive_interval"
+        key = "keepalive_interval" if keep_warms > holder_checks else "holder_check_interval"
+        keep_warm = (
+            f", keep-warm every {format_duration(api.keepalive_interval)}" if keep_warms else ""
+        )
         yield (
             key,
-            f"too frequent: about {total:.0f} requests/hour at rest (keepalive every "
-            f"{format_duration(api.keepalive_interval)}, {ip_count} IP(s) checked every "
-            f"{format_duration(api.holder_check_interval)}); keep it under "
-            f"{REQUEST_BUDGET_PER_HOUR} of DigitalOcean's 5000/hour per token",
+            f"too frequent: about {total:.0f} requests/hour at rest ({ip_count} IP(s) checked "
+            f"every {format_duration(api.holder_check_interval)}{keep_warm}); keep it under "
+            f"{REQUEST_BUDGET_PER_HOUR} of DigitalOcean's {TOKEN_LIMIT_PER_HOUR}/hour per token",
         )
     if api.action_poll_interval < MIN_ACTION_POLL_INTERVAL:
         yield (

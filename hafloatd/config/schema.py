@@ -67,8 +67,12 @@ class ApiConfig:
     connect_timeout: float = 2.0
     request_timeout: float = 5.0
     max_connections: int = 4
-    keepalive_interval: float = 30.0  # cheap authenticated GET: keeps TLS warm, proves token
-    holder_check_interval: float = 60.0  # authoritative GET /v2/reserved_ips/{ip} cadence
+    # A cheap authenticated GET once the API has been quiet this long (longer than the holder
+    # check: never at rest; it keeps the connection warm when the holder check is slower).
+    keepalive_interval: float = 300.0
+    # Authoritative GET /v2/reserved_ips/{ip} cadence at rest; it keeps the connection warm too.
+    holder_check_interval: float = 120.0
+    hourly_budget: int = 30  # API requests/hour one idle daemon should spend (check-config warns)
     action_poll_interval: float = 0.25
     user_agent: str = "hafloatd"
 
@@ -114,6 +118,7 @@ class ApiConfig:
                 f"got {format_duration(self.connect_timeout)}",
             )
         yield from int_between("max_connections", self.max_connections, 1, 100)
+        yield from int_between("hourly_budget", self.hourly_budget, 1, None)
         if not self.user_agent.strip() or any(_is_control(c) for c in self.user_agent):
             yield "user_agent", f"must be a non-empty single line, got {show(self.user_agent)}"
 

@@ -15,11 +15,14 @@ the holder is checked first (GET), and only an IP that still points elsewhere ge
 
     client.py     DoApiClient: the operations, POST actions of unknown fate, action polling
     transport.py  one bounded attempt, retries and backoff, rate limit and token observation,
-                  request metrics, final statuses -> exceptions
-    session.py    the one aiohttp session: TLS, connector, keep-alive, headers, connection count
+                  request metrics, requests in the last hour, final statuses -> exceptions
+    session.py    the one aiohttp session: TLS, connector, keep-alive (pool and TCP), headers,
+                  connections opened, requests in flight
+    window.py     SlidingCount: events in the last hour, by the minute
     models.py     ReservedIp, Action, AssignResult, RateLimit; parsing and validating replies
 
-Imports run client -> transport -> session -> models. Importers use this package's names only.
+Imports run client -> transport -> session -> models (and transport -> window). Importers
+use this package's names only.
 """
 
 from hafloatd.doapi.client import DoApiClient

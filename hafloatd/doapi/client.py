@@ -83,6 +83,15 @@ class DoApiClient:
         """TCP(+TLS) connections opened so far: 1 in a healthy steady state."""
         return self._transport.session.connections_opened
 
+    @property
+    def requests_last_hour(self) -> int:
+        """Requests sent in the last hour (to the minute), every endpoint and attempt."""
+        return self._transport.requests_last_hour()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last request ended; 0 while one is in flight."""
+        return self._transport.session.quiet_for()
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -225,7 +234,8 @@ class DoApiClient:
             polls += 1
 
     async def keep_warm(self, deadline: Deadline) -> None:
-        """Cheap authenticated GET: keeps the TLS connection warm and proves the token."""
+        """Cheap authenticated GET: keeps the TLS connection warm and proves the token (the
+        daemon sends it only when nothing else has used the connection for a while)."""
         path = f"/v2/{self._family}"
         reply = await self._transport.call(
             "list_reserved_ips", "GET", path, deadline, params={"per_page": "1"}

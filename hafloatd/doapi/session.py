@@ -1,18 +1,32 @@
 """The one aiohttp session hafloatd keeps to the DigitalOcean API for the daemon's life.
 
 Owns opening it (once, on ``start`` or the first request; the TLS context, which reads the
-trust store, is built off the loop), its connector (bounded, keep-alive longer than the
-keep-warm interval so the warm connection is the one the next POST reuses), the headers set
-once (``Authorization``, ``User-Agent``, ``Accept``), the trace counting the connections
-opened, and closing it. Redirects and retries are the transport's business, not the session's.
+trust store, is built off the loop), its connector, the headers set once (``Authorization``,
+``User-Agent``, ``Accept``), what is going on on it (requests in flight, when the last one
+ended), the connections it opens, and closing it. Redirects and retries are the transport's
+business, not the session's.
+
+The connection the holder check used is the one the next POST reuses (one round trip, no
+TCP or TLS handshake): the connector keeps an idle connection longer than the longest quiet
+gap between requests at rest, and every socket has TCP keepalive on, so NAT and firewall
+state along the path stays alive and a dead peer is noticed within ``KEEPIDLE_S +
+KEEPINTVL_S * KEEPCNT`` instead of at the next request. Keepalive probes are not requests:
+DigitalOcean's rate limit counts requests, not connections. A connection opened while no
+other request is in flight, after the first, means the previous one was dropped at rest:
+``event=api_connection_reopened``, and ``hafloatd_api_connections_opened_total`` grows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
+import time
+from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Final
 
 import aiohttp
 
@@ -20,22 +34,77 @@ from hafloatd import __version__
 from hafloatd.config import ApiConfig
 from hafloatd.errors import ApiError
 from hafloatd.logs import describe
+from hafloatd.metrics import Metrics
 from hafloatd.token import ApiToken
 
 log = logging.getLogger("hafloatd.doapi")
+
+# TCP keepalive on every API socket: the first probe after a minute of silence (well inside
+# the idle timeouts of NATs and stateful firewalls), then every 15 s; 4 unanswered probes
+# (two minutes in all) and the kernel drops the connection, so the next request opens a
+# fresh one at once instead of writing into a dead one.
+KEEPIDLE_S: Final = 60
+KEEPINTVL_S: Final = 15
+KEEPCNT: Final = 4
+# An idle pooled connection is kept at least this long (aiohttp's default is 15 s).
+MIN_POOL_KEEPALIVE_S: Final = 30.0
+
+
+def keepalive_socket(addr_info: aiohttp.AddrInfoType) -> socket.socket:
+    """The connector's socket factory: a TCP socket with keepalive probes on (see above)."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPIDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPINTVL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPCNT)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def pool_keepalive_s(config: ApiConfig) -> float:
+    """How long an idle connection stays pooled: past the longest quiet gap at rest (a holder
+    check or a keep-warm every ``min(holder_check_interval, keepalive_interval)``), twice over."""
+    quiet_gap = min(config.holder_check_interval, config.keepalive_interval)
+    return max(MIN_POOL_KEEPALIVE_S, 2 * (quiet_gap + config.request_timeout))
 
 
 class ApiSession:
     """Opens the session once and hands it out; refuses after ``close`` (daemon shutdown)."""
 
-    def __init__(self, config: ApiConfig, token: ApiToken) -> None:
+    def __init__(
+        self, config: ApiConfig, token: ApiToken, *, metrics: Metrics | None = None
+    ) -> None:
         self._config = config
         self._token = token
+        self._metrics = metrics
         self.base_url = config.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._start_lock = asyncio.Lock()
         self.connections_opened = 0
+        self.in_flight = 0
+        self._last_end = time.monotonic()  # when the latest request ended (or the session was made)
+
+    @contextlib.contextmanager
+    def request_in_flight(self) -> Iterator[None]:
+        """Around one request: the session is busy until it ends."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._last_end = time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds since the last request ended (since the session was made, before any);
+        0 while one is in flight."""
+        if self.in_flight:
+            return 0.0
+        return max(0.0, time.monotonic() - self._last_end)
 
     async def get(self) -> aiohttp.ClientSession:
         """The open session (opened now if needed); ApiError once closed."""
@@ -87,8 +156,9 @@ class ApiSession:
         connector = aiohttp.TCPConnector(
             limit=self._config.max_connections,
             ssl=ssl_context,
-            # Outlive the keep-warm interval so the warm connection is the one reused.
-            keepalive_timeout=max(30.0, self._config.keepalive_interval * 2 + 5),
+            # Outlive the quiet gap at rest so the warm connection is the one reused.
+            keepalive_timeout=pool_keepalive_s(self._config),
+            socket_factory=keepalive_socket,
         )
         trace = aiohttp.TraceConfig()
         trace.on_connection_create_end.append(self._on_connection_created)
@@ -109,8 +179,20 @@ class ApiSession:
         context: SimpleNamespace,
         params: aiohttp.TraceConnectionCreateEndParams,
     ) -> None:
+        reopened = self.connections_opened > 0 and self.in_flight <= 1
         self.connections_opened += 1
-        log.debug("event=api_connection_opened total=%d", self.connections_opened)
+        if self._metrics is not None:
+            self._metrics.api_connections_opened_total.inc()
+        if reopened:
+            # Nothing else was going on: the connection this request would have reused is gone
+            # (closed by the server or a middlebox while idle). This request paid the handshake.
+            log.info(
+                "event=api_connection_reopened connections_opened=%d quiet_s=%.1f",
+                self.connections_opened,
+                time.monotonic() - self._last_end,
+            )
+        else:
+            log.debug("event=api_connection_opened connections_opened=%d", self.connections_opened)
 
 
 def _user_agent(configured: str) -> str:

@@ -4,7 +4,8 @@ Owns one bounded attempt on the session (``attempt``: timeouts inside the deadli
 request metrics, failures sorted into ``TransportFailure`` reasons), the retry loop for
 idempotent requests (``call``), jittered exponential backoff, the waits for 429s
 (``retry-after``, ``ratelimit-reset``), what every answer tells about the rate limit and the
-token (``rate_limit``, ``token_valid`` and their gauges), and the mapping of final statuses to
+token (``rate_limit``, ``token_valid`` and their gauges), the requests sent in the last hour
+(``requests_last_hour``, against ``api.hourly_budget``), and the mapping of final statuses to
 exceptions (``raise_for_status``):
 
 - retried inside the deadline: 429, 5xx, timeouts and connection errors; a wait that would
@@ -38,6 +39,7 @@ from hafloatd.doapi.models import (
     make_reply,
 )
 from hafloatd.doapi.session import ApiSession
+from hafloatd.doapi.window import SlidingCount
 from hafloatd.errors import (
     ApiAuthError,
     ApiError,
@@ -89,11 +91,19 @@ class ApiTransport:
     ) -> None:
         self._config = config
         self._metrics = metrics
-        self.session = ApiSession(config, token)
+        self.session = ApiSession(config, token, metrics=metrics)
         self.base_url = self.session.base_url
         self._rng = random.Random()
         self.token_valid: bool | None = None
         self.rate_limit = RateLimit()
+        self._sent = SlidingCount()  # every request that went out, each attempt counted
+        if metrics is not None:
+            metrics.api_hourly_budget.set(config.hourly_budget)
+            metrics.api_requests_last_hour.set_function(self.requests_last_hour)
+
+    def requests_last_hour(self) -> int:
+        """Requests sent in the last hour (to the minute), all endpoints and attempts."""
+        return self._sent.count(time.monotonic())
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -145,18 +155,20 @@ class ApiTransport:
         )
         started = time.monotonic()
         code = "0"
+        self._sent.add(started)  # counted as sent: the budget errs on the side of too many
         try:
-            async with session.request(
-                method,
-                self.base_url + path,
-                json=json_body,
-                params=params,
-                timeout=timeout,
-                allow_redirects=False,
-            ) as response:
-                raw = await response.read()
-                code = str(response.status)
-                reply = make_reply(response.status, raw, response.headers, what)
+            with self.session.request_in_flight():
+                async with session.request(
+                    method,
+                    self.base_url + path,
+                    json=json_body,
+                    params=params,
+                    timeout=timeout,
+                    allow_redirects=False,
+                ) as response:
+                    raw = await response.read()
+                    code = str(response.status)
+                    reply = make_reply(response.status, raw, response.headers, what)
         except aiohttp.ClientConnectorCertificateError as exc:
             raise ApiError(
                 f"TLS certificate verification failed for {self.base_url}: "
