@@ -189,7 +189,7 @@ def node_config(
             "request_timeout": "2s",
             "connect_timeout": "1s",
             "action_poll_interval": "50ms",
-            "keepalive_interval": "30s",
+            "keepalive_interval": "5m",
             "holder_check_interval": "30s",
         },
         "metadata": {
