@@ -442,8 +442,7 @@ def histories(draw: st.DrawFn) -> tuple[Freshness, list[Api | Meta], float]:
     metadata polls in time order (one poll loop), interleaved; and a "now" after them all."""
     api_times = draw(st.lists(times, unique=True, max_size=6))
     apis: list[Api | Meta] = [
-        Api(draw(st.sampled_from([ME, OTHER, None])), draw(st.booleans()), at)
-        for at in api_times
+        Api(draw(st.sampled_from([ME, OTHER, None])), draw(st.booleans()), at) for at in api_times
     ]
     meta_times = sorted(draw(st.lists(times, unique=True, max_size=12)))
     metas: list[Api | Meta] = [Meta(draw(st.booleans()), at) for at in meta_times]
