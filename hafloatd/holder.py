@@ -20,6 +20,8 @@ its own, so every rule below is unit-tested with plain numbers (``tests/unit/tes
    answered less than ``max_lag`` ago. Otherwise the metadata saw something newer: "not here"
    wins at once; "here" against an API "elsewhere" is *unknown* until the API is asked again
    (``wants_api_answer``) — "held" always needs an answer that does not contradict it.
+   Such a "not here" keeps vetoing the API's older "here" after it went stale (the metadata
+   stopped answering): the holder is then unknown, not held.
 5. Only metadata fresh: its answer (the API is down or not yet asked).
 
 So a monitor that answers 0 means the IP pointed here within ``Freshness.bound_s``
@@ -123,6 +125,10 @@ class HolderTruth:
             return HolderView(None, api.droplet_id, "api", "an action is moving the IP (locked)")
         if api is not None:
             api_held = api.droplet_id == self.my_droplet_id
+            if meta is None and api_held and self._stale_metadata_contradicts(api):
+                return HolderView(
+                    None, api.droplet_id, "metadata", "metadata said not here after the API answer"
+                )
             if meta is None or meta.held == api_held or not self._metadata_is_newer(api, meta, now):
                 return HolderView(api_held, api.droplet_id, api.source)
             if not meta.held:
@@ -144,6 +150,14 @@ class HolderTruth:
         if api is None or meta is None or api.locked:
             return False
         return meta.held != (api.droplet_id == self.my_droplet_id) and meta.at > api.at
+
+    def _stale_metadata_contradicts(self, api: ApiAnswer) -> bool:
+        """The last (now stale) metadata answer is a "not here" that came after the API's
+        "here" and was not lag: it stays the last word until an answer newer than it."""
+        meta = self.metadata
+        if meta is None or meta.held:
+            return False
+        return meta.since > api.at or meta.at - api.at > self.freshness.metadata_lag_s
 
     def _metadata_is_newer(self, api: ApiAnswer, meta: MetadataAnswer, now: float) -> bool:
         """The metadata's disagreeing value appeared after the API answered, or has lasted
