@@ -40,6 +40,7 @@ class OperationOwner:
     def __init__(self, subject: str) -> None:
         self.subject = subject
         self._operations: list[_Operation] = []
+        self._closing = False
 
     @property
     def in_flight(self) -> str | None:
@@ -57,6 +58,7 @@ class OperationOwner:
 
     async def close(self) -> None:
         """Cancel every operation (daemon shutdown) and wait until they unwound."""
+        self._closing = True
         tasks = [operation.task for operation in self._operations]
         for task in tasks:
             task.cancel()
@@ -111,7 +113,6 @@ class OperationOwner:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and (current is None or current.cancelling() == 0):
-                return ControlReply(
-                    OCF_ERR_GENERIC, f"{kind} of {self.subject} cancelled by a stop"
-                )
+                by = "the daemon shutting down" if self._closing else "a stop"
+                return ControlReply(OCF_ERR_GENERIC, f"{kind} of {self.subject} cancelled by {by}")
             raise

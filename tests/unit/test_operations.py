@@ -330,8 +330,10 @@ async def test_close_cancels_every_operation_and_waits_for_them(h: Harness) -> N
     assert h.owner.in_flight is None
     assert stop.log == ["stop began", "stop cancelled", "stop unwound"]
     assert start.runs == 0
-    for caller in (stopping, starting):
-        assert (await within(caller)).ocf == OCF_ERR_GENERIC
+    for caller, kind in ((stopping, "stop"), (starting, "start")):
+        reply = await within(caller)
+        assert reply.ocf == OCF_ERR_GENERIC
+        assert reply.reason == f"{kind} of {IP} cancelled by the daemon shutting down"
 
 
 async def test_close_with_nothing_to_do_returns(h: Harness) -> None:
