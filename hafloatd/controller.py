@@ -92,7 +92,12 @@ class IpController:
         self.on_health_failure = on_health_failure
         self.truth = HolderTruth(identity.droplet_id, freshness(api_config, metadata_config))
         self.mover = Mover(
-            self.ip, identity.droplet_id, api=api, metadata=metadata, observe_api=self._observe
+            self.ip,
+            identity.droplet_id,
+            api=api,
+            metadata=metadata,
+            metadata_max_lag_s=metadata_config.max_lag,
+            observe_api=self._observe,
         )
         self.operations = OperationOwner(self.ip)
         self.record = roles.load(self.ip)

@@ -5,9 +5,11 @@ A move is confirmed only by an answer obtained **after the move's POST was accep
 * the action ``completed`` (an ``errored`` action fails the move, whatever else is seen);
 * or, when the action cannot be looked up (404, e.g. BYOIP), a GET of the IP that is not
   ``locked`` and names the wanted droplet (``DoApiClient.wait_action``'s fallback);
-* or an *edge* in this droplet's metadata: "not here" seen after acceptance, then "here". A
-  "here" that was already there before the POST (a lagging metadata service) is a level, not
-  an edge, and confirms nothing.
+* or an *edge* in this droplet's metadata: "not here" seen after acceptance, then "here" asked
+  at least ``metadata.max_lag`` after acceptance. A "here" that was already there before the
+  POST is a level, not an edge, and confirms nothing; and as the metadata may show the holder
+  as of ``max_lag`` ago, an earlier "here" may be the echo of an older assignment (the IP
+  was here, left, and the POST found it elsewhere), which the model-based test found.
 
 The API client's own 422/unknown-fate handling ("already assigned", checked by a GET after the
 POST) follows the same rule. ``Mover.lookup`` waits out a ``locked`` IP: an IP that an action is
@@ -83,12 +85,14 @@ class Mover:
         *,
         api: DoApiClient,
         metadata: MetadataClient,
+        metadata_max_lag_s: float,
         observe_api: ApiObserver,
     ) -> None:
         self.ip = ip
         self.my_droplet_id = my_droplet_id
         self.api = api
         self.metadata = metadata
+        self.metadata_max_lag_s = metadata_max_lag_s
         self._observe_api = observe_api
 
     async def lookup(self, deadline: Deadline) -> ReservedIp:
@@ -113,7 +117,7 @@ class Mover:
             self._observe_api(self.my_droplet_id, False, accepted_at, "api")
             return Confirmation("api", None, phases)
         timeline.action_id = result.action.id
-        by = await self._confirm(result.action.id, deadline)
+        by = await self._confirm(result.action.id, accepted_at, deadline)
         phases["action_completed"] = confirmed_at = time.monotonic()
         timeline.action_completed = time.time()
         # As of the confirmation (not the POST): metadata polls answered while the action ran
@@ -133,7 +137,7 @@ class Mover:
         self._observe_api(None, False, asked_at, "api")
         return self.my_droplet_id
 
-    async def _confirm(self, action_id: int, deadline: Deadline) -> str:
+    async def _confirm(self, action_id: int, accepted_at: float, deadline: Deadline) -> str:
         """Race the action's completion against a metadata edge; an errored action raises."""
 
         async def by_action() -> str:
@@ -145,11 +149,12 @@ class Mover:
         async def by_metadata_edge() -> str:
             seen_not_here = False
             while True:
+                asked_at = time.monotonic()
                 asked = Deadline.after(deadline.cap(METADATA_ASK_TIMEOUT_S))
                 held = await self.metadata.holds(self.ip, asked)
                 if held is False:
                     seen_not_here = True
-                elif held is True and seen_not_here:
+                elif held and seen_not_here and asked_at - accepted_at >= self.metadata_max_lag_s:
                     return "metadata"
                 await asyncio.sleep(deadline.cap(CONFIRM_POLL_S))
 
