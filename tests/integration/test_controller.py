@@ -44,6 +44,7 @@ async def make_controller(tmp_path: Path) -> AsyncIterator[MakeController]:
             cache_file=str(tmp_path / f"meta-{droplet_id}.json"),
             timeout=1.0,
             poll_interval=0.2,
+            max_lag=0.1,
         )
         metrics = Metrics(CollectorRegistry())
         api = DoApiClient(api_config, ApiToken("test-token"), metrics=metrics)
@@ -305,3 +306,16 @@ async def test_start_after_the_ip_moved_away_unseen_moves_it_back(
     assert result.data["timeline"]["outcome"] == "moved"  # type: ignore[index]
     assert simulator.holder(IP) == 1001
     assert len(simulator.posts(IP)) == 3
+
+
+async def test_a_slow_action_is_confirmed_by_a_metadata_edge_once_past_the_lag(
+    simulator: Simulator, make_controller: MakeController
+) -> None:
+    """metadata.max_lag is 0.1 s here: "not here", then "here" asked 0.1 s after the POST was
+    accepted, confirms the move while the action's status is slow to come back."""
+    simulator.faults.latency(30.0, endpoint="get_ip_action,get_action")
+    controller = await make_controller(simulator)
+    result = await controller.start(Deadline.after(10))
+    assert result.ok, result
+    assert result.data["timeline"]["confirmed_by"] == "metadata"  # type: ignore[index]
+    assert simulator.holder(IP) == 1001
