@@ -6,6 +6,11 @@
 # tier that collects no test (pytest exit 5). Arguments, if any, go to one plain pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The model-based test of the truth (tests/integration/test_truth_model.py) runs 60 examples by
+# default; CI runs 500 (an explicit HAFLOATD_MODEL_EXAMPLES still wins).
+if [ "${CI:-}" = "true" ]; then
+  export HAFLOATD_MODEL_EXAMPLES="${HAFLOATD_MODEL_EXAMPLES:-500}"
+fi
 bash scripts/setup.sh
 echo "== ruff"
 .venv/bin/ruff check hafloatd tests bench ocf
