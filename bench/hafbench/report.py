@@ -333,7 +333,16 @@ def _start(cases: list[dict[str, Any]]) -> list[str]:
         statuses = ", ".join(
             f"{who} {h_or_b['post_statuses']}" for who, h_or_b in (("hafloatd", h), ("baseline", b))
         )
-        lines += ["", f"POST answers seen: {statuses}.", ""]
+        before = ", ".join(
+            f"{who} {h_or_b['requests_before_post']}"
+            for who, h_or_b in (("hafloatd", h), ("baseline", b))
+        )
+        lines += [
+            "",
+            f"POST answers seen: {statuses}; most API requests between exec and the POST: "
+            f"{before}.",
+            "",
+        ]
     return lines
 
 

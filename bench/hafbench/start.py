@@ -55,12 +55,14 @@ class Row:
     exec_post_ms: list[float] = field(default_factory=list)
     exec_exit_ms: list[float] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
+    before_post: list[int] = field(default_factory=list)  # API requests between exec and POST
 
     def summary(self) -> dict[str, Any]:
         return {
             "exec_post": stats(self.exec_post_ms),
             "exec_exit": stats(self.exec_exit_ms),
             "post_statuses": sorted(set(self.statuses)),
+            "requests_before_post": max(self.before_post, default=0),
         }
 
 
@@ -160,8 +162,9 @@ def _measure(setup: Setup, agent: Path, reps: int, result: CaseResult) -> None:
             raise BenchError(f"hafloat stop exited {stopped.rc}: see {log}")
 
         def survivor_view() -> bool:
-            view = daemon.ip_status()
-            return view.get("held_here") is False and view.get("holder_droplet_id") == 1001
+            # "Not here", from an API answer newer than its own start (metadata alone never
+            # outvotes the API's last word while it is fresh): the view a survivor POSTs on.
+            return daemon.ip_status().get("held_here") is False
 
         wait_until(survivor_view, 20, "the daemon to see the IP on droplet 1001", 0.05)
         seq = sim.last_seq()
@@ -200,13 +203,17 @@ def _measure(setup: Setup, agent: Path, reps: int, result: CaseResult) -> None:
 
 
 def _post_after(sim: SimProcess, seq: int, timed: Timed) -> dict[str, Any]:
+    """The assign POST the start sent, with ``before``: API requests received between the
+    exec and it (a survivor with a fresh view sends none)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        for exchange in sim.exchanges(seq):
+        exchanges = sim.exchanges(seq)
+        for number, exchange in enumerate(exchanges):
             if exchange["endpoint"] == "post_action" and exchange["method"] == "POST":
                 if exchange["received_monotonic"] < timed.started:
                     raise BenchError("a POST arrived before the agent was started")
-                return exchange
+                before = [e for e in exchanges[:number] if e["received_monotonic"] >= timed.started]
+                return {**exchange, "before": len(before)}
         time.sleep(0.05)
     raise BenchError("no assign POST reached the simulator (see agents.log)")
 
@@ -215,6 +222,7 @@ def _record(row: Row, timed: Timed, post: dict[str, Any]) -> None:
     row.exec_post_ms.append((float(post["received_monotonic"]) - timed.started) * 1000.0)
     row.exec_exit_ms.append(timed.wall_ms)
     row.statuses.append(int(post["status"] or 0))
+    row.before_post.append(int(post["before"]))
 
 
 def targets(case: dict[str, Any]) -> list[tuple[str, float, float, bool]]:
