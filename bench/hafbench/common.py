@@ -122,7 +122,6 @@ class Timed:
     ended: float
     rc: int
     cpu_ms: float
-    maxrss_kb: int
 
     @property
     def wall_ms(self) -> float:
@@ -156,7 +155,6 @@ def run_timed(
         ended,
         os.waitstatus_to_exitcode(status),
         (usage.ru_utime + usage.ru_stime) * 1000.0,
-        usage.ru_maxrss,
     )
 
 

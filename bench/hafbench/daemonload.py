@@ -15,6 +15,7 @@ the IP with the installed agent's ``start``, and talks to it only through the co
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    BASELINE_AGENT,
+    PYTHON,
     BenchError,
     Daemon,
     Procs,
     SimProcess,
     WebStandIn,
-    baseline_env,
     cpu_seconds,
     daemon_config,
     fd_count,
@@ -50,6 +50,7 @@ MONITOR = {
     "node": "node1",
 }
 TARGET_RSS_MB = 40.0
+IMPORTS = "import aiohttp, aiohttp.web, uvloop, yaml, prometheus_client"
 TARGET_IDLE_CPU_PCT = 0.5
 TARGET_REQUESTS_PER_HOUR = 30.0
 
@@ -180,17 +181,22 @@ def footprint(
             daemon.stop()
         finally:
             sim.stop()
-        # The baseline has no resident process; what one monitor call peaks at, for scale.
-        sim = SimProcess(procs, workdir)
-        try:
-            env = baseline_env("monitor", sim.metadata[1001], sim.api_url, interval_ms=10000)
-            peaks = [run_timed([str(BASELINE_AGENT), "monitor"], env).maxrss_kb for _ in range(5)]
-            result["baseline_monitor_peak_kb"] = max(peaks)
-        finally:
-            sim.stop()
+        # The interpreter alone, and with the daemon's third-party imports: the part of the
+        # RSS that is not hafloatd's own doing (VmRSS of that process, as for the daemon).
+        result["python_rss_kb"] = _own_rss_kb("pass")
+        result["imports_rss_kb"] = _own_rss_kb(IMPORTS)
     finally:
         web.close()
     return result
+
+
+def _own_rss_kb(code: str) -> int:
+    """VmRSS of a fresh interpreter (the daemon's) once it ran ``code``."""
+    show = "print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])"
+    done = subprocess.run(
+        [PYTHON, "-c", f"{code}\n{show}"], capture_output=True, text=True, timeout=60, check=True
+    )
+    return int(done.stdout.strip())
 
 
 def throughput(

@@ -118,7 +118,6 @@ def run(
                 "wall": stats(row.wall_ms),
                 "cpu": stats(row.cpu_ms),
                 "requests_per_call": requests / len(row.windows) if row.windows else None,
-                "maxrss_kb": None,
             }
         )
     return {"reps": reps, "rows": result_rows}
