@@ -1,6 +1,6 @@
 """bench/run: every benchmark of hafloatd beside its baseline, measured in the same run.
 
-    bench/run                      all six sections; rewrites docs/benchmarks.md (~30 min)
+    bench/run                      all six sections; rewrites docs/benchmarks.md (~25 min)
     bench/run --quick              1 repetition each, short durations (CI's smoke, < 3 min);
                                    prints the report instead of writing docs/benchmarks.md
     bench/run --only start,monitor only those sections (report printed, docs untouched)

@@ -530,7 +530,7 @@ METHOD = """
 ## How it is measured
 
 `bench/run` (as root, after `bash scripts/setup.sh`): `bench/run` writes this page (about
-30 minutes); `bench/run --quick` runs one repetition of each with short durations and prints
+25 minutes); `bench/run --quick` runs one repetition of each with short durations and prints
 the report (CI runs it from `scripts/test.sh`, in under 3 minutes); `--only start,monitor`
 runs some sections; `--json PATH` keeps the raw figures; `--reps`, `--crash-rounds`,
 `--rounds`, `--budget-window` change the counts. It uses hafloatd only as a user would:
