@@ -41,6 +41,22 @@ for tier in unit integration cluster; do
   summary+=$(printf '%-12s %7ss  exit %s' "$tier" "$took" "$rc")$'\n'
   [ "$rc" = 0 ] || status=1
 done
+# Benchmarks are not tests, but one repetition of each runs here so they cannot rot: under
+# CI=true, or locally with HAFLOATD_BENCH_SMOKE=1 (as root, about 3 minutes). The report goes
+# to the log directory, never over docs/benchmarks.md.
+bench_smoke=${HAFLOATD_BENCH_SMOKE:-0}
+case "${CI:-}" in true|TRUE|1|yes) bench_smoke=1 ;; esac
+if [ "$bench_smoke" = 1 ]; then
+  echo "== bench/run --quick"
+  began=$(date +%s.%N)
+  set +e
+  bench/run --quick --output "$logdir/benchmarks.md"
+  rc=$?
+  set -e
+  took=$(awk -v a="$(date +%s.%N)" -v b="$began" 'BEGIN{printf "%.1f", a-b}')
+  summary+=$(printf '%-12s %7ss  exit %s' "bench smoke" "$took" "$rc")$'\n'
+  [ "$rc" = 0 ] || status=1
+fi
 echo "== tier times"
 printf '%s' "$summary"
 # One closing line over all tiers, in the plain form CI reads.
