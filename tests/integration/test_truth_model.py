@@ -23,6 +23,16 @@ daemon answered. Examples: ``HAFLOATD_MODEL_EXAMPLES`` (default 60; CI runs 500)
 ``HAFLOATD_MODEL_SEED`` (printed at the start of every run; on failure hypothesis prints the
 falsifying steps and a ``@reproduce_failure`` blob). The rule sequence repeats with the seed;
 its interleaving with the simulator's timers is real time and may differ.
+
+What it finds, checked by reverting each fix (150 examples each): a metadata "here" taken as
+confirmation without the edge or the lag rule (defect 1: found, and it found the lag-echo case
+the edge alone let through); a start that ignores ``locked`` (defect 2: found); a start that
+answers "already here" from its cached view (defect 15: found). Not by this model, by design:
+defect 14 (an API answer outvoting newer metadata) stays inside ``max(API window, metadata
+window)``, the bound checked here, so ``test_truth_regressions.py`` and ``test_holder.py`` pin
+it; defect 3 (an operation owned by its caller) makes the daemon fail a monitor afterwards, not
+lie, so ``test_truth_regressions.py`` and ``test_operations.py`` pin it; defects 4–13 are about
+the lifecycle, configuration and the agent, outside this model.
 """
 
 from __future__ import annotations
