@@ -36,10 +36,9 @@ from hafloatd.lab.cluster import (
     ClusterNode,
     ClusterSpec,
     ClusterStatus,
-    NetworkSpec,
     check_capabilities,
 )
-from hafloatd.lab.cluster.network import Network
+from hafloatd.lab.cluster.network import free_network
 from hafloatd.lab.drill import TrafficProbe
 from hafloatd.lab.drills.phases import Mark, breakdown, first_line
 from hafloatd.lab.drills.runner import DrillResult, DrillRunner
@@ -90,27 +89,11 @@ def from_drill(scenario: str, result: DrillResult) -> Failover:
     )
 
 
-async def free_network(prefix: str) -> NetworkSpec:
-    """The first 10.99.X.0/24 (X from 200) that nothing on this host uses."""
-    last_error = ""
-    for third in range(200, 250):
-        spec = NetworkSpec(prefix=prefix, subnet=f"10.99.{third}.0/24")
-        try:
-            await Network(spec).check_free()
-        except ClusterError as exc:
-            last_error = str(exc)
-            if "network namespace" in last_error or "interface" in last_error:
-                raise
-            continue
-        return spec
-    raise ClusterError(f"no free 10.99.X.0/24 subnet: {last_error}")
-
-
 async def run(crash_rounds: int, other_rounds: int, progress: Progress) -> dict[str, Any]:
     report = await check_capabilities()
     if not report.ok:
         raise BenchError(f"the cluster cannot run here: {report.explain()}")
-    network = await free_network(f"hfb{os.getpid() % 1000}")
+    network = await free_network(f"hfb{os.getpid() % 1000}", range(200, 250))
     failovers: list[Failover] = []
     info: dict[str, Any] = {}
     installed = _install_baseline()

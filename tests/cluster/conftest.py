@@ -26,12 +26,10 @@ import pytest_asyncio
 from hafloatd.lab.cluster import (
     CapabilityReport,
     Cluster,
-    ClusterError,
     ClusterSpec,
-    NetworkSpec,
     check_capabilities,
 )
-from hafloatd.lab.cluster.network import Network
+from hafloatd.lab.cluster.network import free_network
 from tests.cluster.helpers import diagnostics
 from tests.contract import check_exchanges
 
@@ -47,22 +45,6 @@ def require_cluster(report: CapabilityReport, ci: bool) -> None:
     if ci:
         pytest.fail(f"CI=true and the cluster tests cannot run: {report.explain()}", pytrace=False)
     pytest.skip(report.explain())
-
-
-async def free_network(prefix: str) -> NetworkSpec:
-    """The first 10.99.X.0/24 (X from 100) that nothing on this host uses, named ``prefix``."""
-    last_error = ""
-    for third in range(100, 200):
-        spec = NetworkSpec(prefix=prefix, subnet=f"10.99.{third}.0/24")
-        try:
-            await Network(spec).check_free()
-        except ClusterError as exc:
-            last_error = str(exc)
-            if "network namespace" in last_error or "interface" in last_error:
-                raise
-            continue
-        return spec
-    raise ClusterError(f"no free 10.99.X.0/24 subnet: {last_error}")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -231,3 +231,20 @@ async def _ip_json(*args: str) -> list[dict[str, Any]]:
     done = await run(["ip", "-j", *args], timeout=15)
     text = done.stdout.strip()
     return list(json.loads(text)) if text else []
+
+
+async def free_network(prefix: str, thirds: range = range(100, 200)) -> NetworkSpec:
+    """The first 10.99.X.0/24 (X in ``thirds``) that nothing on this host uses, named
+    ``prefix``; a name already taken is an error at once (another lab owns it)."""
+    last_error = ""
+    for third in thirds:
+        spec = NetworkSpec(prefix=prefix, subnet=f"10.99.{third}.0/24")
+        try:
+            await Network(spec).check_free()
+        except ClusterError as exc:
+            last_error = str(exc)
+            if "network namespace" in last_error or "interface" in last_error:
+                raise
+            continue
+        return spec
+    raise ClusterError(f"no free 10.99.X.0/24 subnet in {thirds}: {last_error}")
