@@ -228,6 +228,10 @@ class ClusterNode:
             "-i",
             "-n",
             "-p",
+            # The init's root, not the mount namespace's: on a host where the lab runs in a
+            # chroot (a fresh root, a build container) the two differ, and the node's files
+            # are under the chroot.
+            "--root",
             "--wd=/",
             "env",
             "-i",
