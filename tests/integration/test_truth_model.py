@@ -10,7 +10,11 @@ Pacemaker's recurring monitor on both nodes).
 Each answer is checked the moment it is received, against the simulator's record of who held
 the IP (``holder_history``) and which actions were pending:
 
-- a start that answers 0: the IP points at that droplet and no action is pending on it;
+- a start that answers 0: the IP pointed at that droplet, with no action pending on it, at
+  some moment after the request was sent (confirmed after the start's POST, never by an older
+  view). Not "at the instant of receipt": in a race (two nodes started, as after a partition
+  without fencing) the other node's POST can land between the confirmation and the reply;
+  only fencing rules that out, and the loser's monitor then reports it;
 - a monitor (or probe) that answers 0: the IP points at that droplet, or pointed at it less
   than the holder freshness bound ago (``freshness_bound_s``);
 - one start makes at most one assign for its droplet (accepted POSTs during the request);
@@ -351,7 +355,7 @@ class World:
         if (
             answer.op == "start"
             and answer.ocf == 0
-            and not self.held_unlocked_during(me, max(sent, mono - TRANSIT_S), mono, wall_to_mono)
+            and not self.held_unlocked_during(me, sent, mono, wall_to_mono)
         ):
             answer.violations.append(
                 f"start on {me} answered 0 but the IP is not held by {me} and unlocked: "
