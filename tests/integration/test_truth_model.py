@@ -31,12 +31,13 @@ its interleaving with the simulator's timers is real time and may differ.
 What it finds, checked by reverting each fix (150 examples each): a metadata "here" taken as
 confirmation without the edge or the lag rule (defect 1: found, and it found the lag-echo case
 the edge alone let through); a start that ignores ``locked`` (defect 2: found); a start that
-answers "already here" from its cached view (defect 15: found). Not by this model, by design:
-defect 14 (an API answer outvoting newer metadata) stays inside ``max(API window, metadata
-window)``, the bound checked here, so ``test_truth_regressions.py`` and ``test_holder.py`` pin
-it; defect 3 (an operation owned by its caller) makes the daemon fail a monitor afterwards, not
-lie, so ``test_truth_regressions.py`` and ``test_operations.py`` pin it; defects 4 to 13 are about
-the lifecycle, configuration and the agent, outside this model.
+answers "already here" from its cached view (defect 15: found). Run against cdc95e1 itself it
+also finds defect 14 (an API answer outvoting newer metadata for up to 30 s); reverting only
+the rule here keeps the answer inside ``max(API window, metadata window)``, the bound checked,
+so ``test_truth_regressions.py`` and ``test_holder.py`` pin that rule; defect 3 (an operation
+owned by its caller) makes the daemon fail a monitor afterwards, not lie, so
+``test_truth_regressions.py`` and ``test_operations.py`` pin it; defects 4 to 13 are about the
+lifecycle, configuration and the agent, outside this model.
 """
 
 from __future__ import annotations
