@@ -122,11 +122,9 @@ class IpController:
 
     # ----------------------------------------------------------------- operations
 
-    async def start(
-        self, deadline: Deadline, *, resource: str | None = None, node: str | None = None
-    ) -> ControlReply:
-        """Idempotent start: success only once the IP is confirmed to point here."""
-        self.remember_names(resource, node)
+    async def start(self, deadline: Deadline) -> ControlReply:
+        """Idempotent start: success only once the IP is confirmed to point here. (The
+        Pacemaker names come through ``remember_names``, from every request.)"""
         received = time.monotonic()
         return await self.operations.run("start", deadline, lambda: self._start(deadline, received))
 
