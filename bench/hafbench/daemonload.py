@@ -15,6 +15,7 @@ the IP with the installed agent's ``start``, and talks to it only through the co
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 from collections import Counter
@@ -50,7 +51,9 @@ MONITOR = {
     "node": "node1",
 }
 TARGET_RSS_MB = 40.0
-IMPORTS = "import aiohttp, aiohttp.web, uvloop, yaml, prometheus_client"
+# The daemon's third-party imports, loaded as `hafloatd run` loads them (its environment).
+IMPORTS = "import aiohttp, uvloop, yaml, prometheus_client"
+IMPORTS_ENV = {"FROZENLIST_NO_EXTENSIONS": "1"}
 TARGET_IDLE_CPU_PCT = 0.5
 TARGET_REQUESTS_PER_HOUR = 30.0
 
@@ -194,7 +197,12 @@ def _own_rss_kb(code: str) -> int:
     """VmRSS of a fresh interpreter (the daemon's) once it ran ``code``."""
     show = "print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])"
     done = subprocess.run(
-        [PYTHON, "-c", f"{code}\n{show}"], capture_output=True, text=True, timeout=60, check=True
+        [PYTHON, "-c", f"{code}\n{show}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, **IMPORTS_ENV},
     )
     return int(done.stdout.strip())
 

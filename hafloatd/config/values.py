@@ -8,7 +8,6 @@ dataclass can report every bad key at once; ``raise_if_invalid`` turns them into
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
@@ -143,6 +142,8 @@ def suggest(word: str, choices: Sequence[str]) -> str | None:
     lowered = {choice.lower(): choice for choice in choices}
     if word.lower() in lowered:
         return lowered[word.lower()]
+    import difflib  # noqa: PLC0415 - only a bad key pays for it (~0.2 MB resident)
+
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return lowered[close[0]] if close else None
 
