@@ -20,6 +20,9 @@ actions. Kinds:
 ``metadata_slow``   the metadata service waits ``delay_s`` before answering
 ``metadata_empty``  the metadata service answers 200 with an empty body
 ``metadata_error``  the metadata service answers ``status`` (500 by default)
+``metadata_garbage`` the metadata service answers 200 with ``GARBAGE_BODY`` (an HTML page
+                    with a NUL and bytes that are not UTF-8) for every path: a captive
+                    portal or a proxy answering in its place
 ==================  =====================================================================
 
 API endpoint names (``endpoint=`` takes one, a comma-separated list, or ``"*"``):
@@ -46,14 +49,17 @@ FaultKind = Literal[
     "metadata_slow",
     "metadata_empty",
     "metadata_error",
+    "metadata_garbage",
 ]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 API_FAULT_KINDS = frozenset({"latency", "server_error", "rate_limit_storm", "drop_connection"})
 ACTION_FAULT_KINDS = frozenset({"action_errored", "action_stuck", "action_slow"})
 DELAY_FAULT_KINDS = frozenset({"latency", "metadata_slow", "action_slow"})
 METADATA_FAULT_KINDS = frozenset(
-    {"metadata_down", "metadata_slow", "metadata_empty", "metadata_error"}
+    {"metadata_down", "metadata_slow", "metadata_empty", "metadata_error", "metadata_garbage"}
 )
+# What ``metadata_garbage`` answers: neither a droplet id, nor true/false, nor an address.
+GARBAGE_BODY: bytes = b"<html><body><h1>It works!</h1>\x00\xff\xfe</body></html>\n"
 API_ENDPOINTS: frozenset[str] = frozenset(
     {
         "list_reserved_ips",
@@ -254,6 +260,10 @@ class FaultInjector:
         self, *, status: int = 500, droplet_id: int | None = None, count: int | None = None
     ) -> Fault:
         return self.add("metadata_error", status=status, droplet_id=droplet_id, count=count)
+
+    def metadata_garbage(self, *, droplet_id: int | None = None, count: int | None = None) -> Fault:
+        """200 with ``GARBAGE_BODY`` on every path (``/metadata/v1.json`` included)."""
+        return self.add("metadata_garbage", droplet_id=droplet_id, count=count)
 
     def remove(self, fault: Fault | int) -> bool:
         """Remove one fault (object or id); False if it was already gone."""
