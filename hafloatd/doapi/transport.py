@@ -13,6 +13,9 @@ exceptions (``raise_for_status``):
 - final at once: 401/403 (ApiAuthError), 404 (ApiNotFound), 422 (ApiRejected), a TLS
   verification failure or a server that does not speak TLS (ApiError).
 
+An answer that carries the token back has it masked before anything reads it
+(``models.mask_secret``, logged as ``api_answer_contained_token``): no message can quote it.
+
 A POST is never retried here: ``attempt`` reports whether a failed request may have reached
 the server (``TransportFailure.sent``) and the client decides (see ``client``).
 """
@@ -33,11 +36,13 @@ import aiohttp
 from hafloatd.config import ApiConfig
 from hafloatd.deadline import Deadline
 from hafloatd.doapi.models import (
+    ECHO_ADVICE,
     RateLimit,
     Reply,
     error_id,
     error_message,
     make_reply,
+    mask_secret,
 )
 from hafloatd.doapi.session import ApiSession
 from hafloatd.doapi.window import SlidingCount
@@ -93,6 +98,7 @@ class ApiTransport:
         self._config = config
         self._metrics = metrics
         self.session = ApiSession(config, token, metrics=metrics)
+        self._secret = token.reveal  # only to mask it out of answers (models.mask_secret)
         self.base_url = self.session.base_url
         self._rng = random.Random()
         self.token_valid: bool | None = None
@@ -169,7 +175,8 @@ class ApiTransport:
                 ) as response:
                     raw = await response.read()
                     code = str(response.status)
-                    reply = make_reply(response.status, raw, response.headers, what)
+                    raw, headers, echoed = mask_secret(raw, response.headers, self._secret())
+                    reply = make_reply(response.status, raw, headers, what)
         except aiohttp.ClientConnectorCertificateError as exc:
             raise ApiError(
                 f"TLS certificate verification failed for {self.base_url}: "
@@ -209,6 +216,11 @@ class ApiTransport:
                 code,
                 elapsed * 1000,
             )
+        if echoed:
+            log.warning(
+                "event=api_answer_contained_token endpoint=%s code=%s action=masked note=%s",
+                endpoint, code, kv(ECHO_ADVICE),
+            )  # fmt: skip
         self._observe(reply)
         return reply
 
