@@ -341,6 +341,15 @@ async def start_and_check(node: DaemonNode, sim: Simulator, assigns: int) -> Age
     return result
 
 
+async def metadata_up(node: DaemonNode) -> float:
+    async with aiohttp.ClientSession() as http, http.get(node.metrics_url) as response:
+        text = await response.text()
+    [value] = [
+        line.split()[1] for line in text.splitlines() if line.startswith("hafloatd_metadata_up ")
+    ]
+    return float(value)
+
+
 async def write_identity_cache(node: DaemonNode) -> None:
     """One boot with the metadata service up: the daemon caches its identity."""
     await node.start()
@@ -396,6 +405,10 @@ async def test_metadata_fault_while_running(make_lab: MakeLab, kind: str) -> Non
         while fault.hits < 6:
             await asyncio.sleep(0.05)
     assert (await node.agent("monitor", interval_ms=MONITOR_MS)).rc == OCF_SUCCESS
+    # Said once, not per poll: the cheap view is gone.
+    [unusable] = [line for line in node.log().splitlines() if "event=metadata_unusable" in line]
+    assert unusable.startswith("level=warning") and "reason=" in unusable
+    assert await metadata_up(node) == 0
 
     sim.move_out_of_band(IP, 1002)
     bound_s = (await ip_status(node))["freshness_bound_s"]
@@ -413,6 +426,10 @@ async def test_metadata_fault_while_running(make_lab: MakeLab, kind: str) -> Non
     assert accepted_assigns(sim) == 2
     assert (await node.agent("monitor", interval_ms=MONITOR_MS)).rc == OCF_SUCCESS
     sim.faults.clear()
+    async with asyncio.timeout(5):
+        while await metadata_up(node) != 1:
+            await asyncio.sleep(0.05)
+    assert "event=metadata_usable" in node.log()
     assert (await node.agent("monitor", interval_ms=MONITOR_MS)).rc == OCF_SUCCESS
     assert node.proc is not None and node.proc.returncode is None
     assert log_problems(node) == []
