@@ -17,12 +17,14 @@ would have been asked:
 - no traceback, crash or unretrieved exception in the daemon's log, and the process alive.
 
 The rows' figures go to ``docs/reliability.md``. Short OCF timeouts (2 to 6 s) keep the whole
-file under 90 s on the CI machine.
+file under 90 s on the CI machine. The long variant runs every row several times:
+``HAFLOATD_RELIABILITY_LONG=1`` (5 rounds) or ``HAFLOATD_FAULT_ROUNDS=N``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,6 +44,11 @@ IP = IP_NYC
 ME = 1001
 OCF_SUCCESS, OCF_ERR_GENERIC, OCF_ERR_PERM, OCF_NOT_RUNNING = 0, 1, 4, 7
 MONITOR_MS = 10000  # a recurring monitor's interval (a probe has none)
+# The long variant: every row this many times (HAFLOATD_RELIABILITY_LONG=1: 5).
+LONG = bool(os.environ.get("HAFLOATD_RELIABILITY_LONG"))
+ROUNDS = int(os.environ.get("HAFLOATD_FAULT_ROUNDS", "5" if LONG else "1"))
+# "At once": well inside the 3.5 s deadline of a 4 s start, with room for a loaded machine.
+AT_ONCE_S = 1.5
 # What must never be in the daemon's log, whatever the fault.
 LOG_PROBLEMS = (
     "Traceback",
@@ -145,6 +152,12 @@ async def held_post_lands(sim: Simulator, node: DaemonNode) -> None:
     assert [e.status for e in sim.posts(IP, droplet_id=ME)] == [201, 422]
 
 
+async def retried_storm(sim: Simulator, node: DaemonNode) -> None:
+    """Given up only after retries: the holder check after the refused POST met several 503s."""
+    refused = [e for e in sim.requests("get_reserved_ip") if e.fault == "server_error"]
+    assert len(refused) >= 3, len(refused)
+
+
 async def finish_stuck(sim: Simulator, node: DaemonNode) -> None:
     """The stuck action completes after the start gave up: the IP now points here. Until
     then the daemon knows its own action left the IP in flux."""
@@ -188,26 +201,26 @@ API_CASES = [
         "5xx storm past the deadline",
         OCF_ERR_GENERIC, "503", assigns=0, posts=1,
         inject=lambda sim: sim.faults.server_errors(None, status=503),
-        min_wall_s=1.5,  # retried, then given up when the next backoff would pass the deadline
+        settle=retried_storm, min_wall_s=1.0,  # given up when the next wait would pass it
     ),
     ApiCase(
         "429 storm, retry-after inside the deadline",
         OCF_SUCCESS, "", assigns=1, posts=3,
         inject=lambda sim: sim.faults.rate_limit_storm(2, retry_after_s=1),
-        min_wall_s=2.0,
+        min_wall_s=1.9,  # two retry-after waits (a uvloop timer may end a millisecond early)
     ),
     ApiCase(
         "429, retry-after past the deadline",
         OCF_ERR_GENERIC, "retry-after 60s is beyond", assigns=0, posts=1,
         inject=lambda sim: sim.faults.rate_limit_storm(None, retry_after_s=60),
-        max_wall_s=1.0,
+        max_wall_s=AT_ONCE_S,
     ),
     ApiCase(
         "rate limit spent for the hour",
         OCF_ERR_GENERIC, "ratelimit-reset in", assigns=0, posts=1,
         scenario={"rate_limit_per_hour": 20},
         before=burn_the_hour,
-        max_wall_s=1.0,
+        max_wall_s=AT_ONCE_S,
         recover=False,
     ),
     ApiCase(
@@ -219,7 +232,7 @@ API_CASES = [
         "3 s POST latency within request_timeout",
         OCF_SUCCESS, "", assigns=1, posts=1,
         inject=lambda sim: sim.faults.latency(3.0, endpoint="post_action", count=1),
-        timeout_ms=6000, api={"request_timeout": "5s"}, min_wall_s=3.0,
+        timeout_ms=6000, api={"request_timeout": "5s"}, min_wall_s=2.9,
     ),
     ApiCase(
         "3 s POST latency past request_timeout (2 s)",
@@ -231,7 +244,7 @@ API_CASES = [
         "action errored",
         OCF_ERR_GENERIC, "ended 'errored'", assigns=1, posts=1,
         inject=lambda sim: sim.faults.errored_actions(1),
-        max_wall_s=1.5,
+        max_wall_s=AT_ONCE_S,
     ),
     ApiCase(
         "action stuck past the deadline, completing later",
@@ -244,31 +257,32 @@ API_CASES = [
         "401 (token wrong or revoked)",
         OCF_ERR_PERM, "refused the API token", assigns=0, posts=0,
         token="revoked-token",
-        max_wall_s=1.0, recover=False,
+        max_wall_s=AT_ONCE_S, recover=False,
     ),
     ApiCase(
         "403 (token without write scope)",
         OCF_ERR_PERM, "reserved_ip:update", assigns=0, posts=1,
         scenario={"read_only_tokens": (READ_ONLY_TOKEN,)}, token=READ_ONLY_TOKEN,
-        max_wall_s=1.0, recover=False,
+        max_wall_s=AT_ONCE_S, recover=False,
     ),
     ApiCase(
         "TLS: the API's certificate from a CA the daemon does not trust",
         OCF_ERR_GENERIC, "TLS certificate verification failed", assigns=0, posts=0,
         scenario={"tls": True}, api={"ca_file": None},
-        max_wall_s=1.0, recover=False,
+        max_wall_s=AT_ONCE_S, recover=False,
     ),
     ApiCase(
         "TLS: the daemon speaks https to a plain-HTTP server",
         OCF_ERR_GENERIC, "TLS", assigns=0, posts=0,
         api={"base_url": "https"},  # replaced by https://<the simulator's host:port>
-        max_wall_s=1.0, recover=False,
+        max_wall_s=AT_ONCE_S, recover=False,
     ),
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("round_", range(ROUNDS), ids=[f"round {n + 1}" for n in range(ROUNDS)])
 @pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
-async def test_api_fault(make_lab: MakeLab, case: ApiCase) -> None:
+async def test_api_fault(make_lab: MakeLab, case: ApiCase, round_: int) -> None:
     lab = await make_lab(**case.scenario)
     sim = lab.sim
     api = dict(case.api)
@@ -357,9 +371,12 @@ async def write_identity_cache(node: DaemonNode) -> None:
     assert await node.stop() == 0
 
 
+@pytest.mark.parametrize("round_", range(ROUNDS), ids=[f"round {n + 1}" for n in range(ROUNDS)])
 @pytest.mark.parametrize("cache", [False, True], ids=["no identity cache", "identity cache"])
 @pytest.mark.parametrize("kind", ["down", "garbage"])
-async def test_metadata_fault_at_boot(make_lab: MakeLab, kind: str, cache: bool) -> None:
+async def test_metadata_fault_at_boot(
+    make_lab: MakeLab, kind: str, cache: bool, round_: int
+) -> None:
     lab = await make_lab()
     sim = lab.sim
     node = lab.node()
@@ -389,8 +406,9 @@ async def test_metadata_fault_at_boot(make_lab: MakeLab, kind: str, cache: bool)
     assert log_problems(node) == []
 
 
+@pytest.mark.parametrize("round_", range(ROUNDS), ids=[f"round {n + 1}" for n in range(ROUNDS)])
 @pytest.mark.parametrize("kind", ["down", "garbage"])
-async def test_metadata_fault_while_running(make_lab: MakeLab, kind: str) -> None:
+async def test_metadata_fault_while_running(make_lab: MakeLab, kind: str, round_: int) -> None:
     """The metadata service fails under a started IP: the monitor keeps answering from the
     API (0 while true), sees an out-of-band move within the freshness bound, and a later
     failover back is confirmed by the action alone."""

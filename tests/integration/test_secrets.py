@@ -77,26 +77,34 @@ async def nodes() -> AsyncIterator[list[DaemonNode]]:
 
 
 def token_file_node(
-    sim: Simulator, base: Path, nodes: list[DaemonNode], *, token_mode: int = 0o600
+    sim: Simulator,
+    base: Path,
+    nodes: list[DaemonNode],
+    *,
+    token_mode: int = 0o600,
+    source: str = "file",
 ) -> tuple[DaemonNode, Path]:
-    """Droplet 1001's daemon reading the token from a file, logging at debug level; its
-    socket (0660, group nogroup) reachable by ``nobody``, whom only the peer check refuses."""
-    (base / "node1").mkdir(mode=0o755)
-    token_file = base / "node1" / "do-token"
+    """Droplet 1001's daemon reading the token from a file (``api.token_file``, or a systemd
+    credential in ``$CREDENTIALS_DIRECTORY``), logging at debug level; its socket (0660,
+    group nogroup) reachable by ``nobody``, whom only the peer check refuses."""
+    (base / "node1" / "credentials").mkdir(mode=0o700, parents=True)
+    (base / "node1").chmod(0o755)
+    token_file = base / "node1" / ("credentials/do-token" if source == "credential" else "do-token")
     token_file.write_text(CANARY + "\n")
     token_file.chmod(token_mode)
+    api: dict[str, Any] = {"token_source": source}
+    if source == "file":
+        api["token_file"] = str(token_file)
     node = make_node(
         sim,
         "node1",
         ME,
         base,
-        extra={
-            "api": {"token_source": "file", "token_file": str(token_file)},
-            "control": {"group": "nogroup"},
-            "logging": {"level": "debug"},
-        },
+        extra={"api": api, "control": {"group": "nogroup"}, "logging": {"level": "debug"}},
     )
     del node.env["HAFLOATD_DO_TOKEN"]
+    if source == "credential":
+        node.env["CREDENTIALS_DIRECTORY"] = str(token_file.parent)
     nodes.append(node)
     return node, token_file
 
@@ -146,10 +154,11 @@ async def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.parametrize("source", ["file", "credential"])
 async def test_the_token_appears_nowhere(
-    sim: Simulator, base: Path, nodes: list[DaemonNode]
+    sim: Simulator, base: Path, nodes: list[DaemonNode], source: str
 ) -> None:
-    node, _token_file = token_file_node(sim, base, nodes)
+    node, token_file = token_file_node(sim, base, nodes, source=source)
     await node.start()
     assert node.pid is not None
     shown: dict[str, str | bytes] = {}  # where -> what was shown there
@@ -231,6 +240,7 @@ async def test_the_token_appears_nowhere(
 
     # The scenario reached what it meant to: debug lines, the echoes, the token in use.
     assert "level=debug" in log
+    assert f"event=token_loaded source={source}:{token_file}" in log
     assert "event=api_answer_contained_token" in log
     assert any(e.request_headers.get("Authorization") == f"Bearer {CANARY}" for e in sim.exchanges)
     # The simulator never echoes a token on its own (only the faults above told it to).
@@ -240,7 +250,7 @@ async def test_the_token_appears_nowhere(
             assert leaks(json.dumps(dict(exchange.response_headers or {}))) == []
     found = {where: leaks(text) for where, text in shown.items() if leaks(text)}
     assert found == {}
-    print(f"ROW secrets: {len(shown)} outputs searched, token found in {len(found)}")
+    print(f"ROW secrets ({source}): {len(shown)} outputs searched, token found in {len(found)}")
 
 
 # -- privileges ---------------------------------------------------------------------------------
