@@ -18,6 +18,7 @@ socket (the agent and ``hafloatd status`` run as ``nobody``) is refused and told
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
 import pwd
@@ -44,6 +45,20 @@ CANARY = "dop_v1_" + "5ecre7" * 10 + "canary42"
 FRAGMENT = CANARY[7:27]  # a cut excerpt must not carry it either
 HAFLOATD = str(Path(sys.executable).with_name("hafloatd"))
 REPO = Path(__file__).resolve().parents[2]
+
+
+pytestmark = pytest.mark.needs_root
+
+
+@pytest.fixture(autouse=True)
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: token files owned by others, clients run as nobody")
+    try:
+        pwd.getpwnam("nobody")
+        grp.getgrnam("nogroup")
+    except KeyError:
+        pytest.skip("needs the user nobody and the group nogroup")
 
 
 def leaks(text: str | bytes) -> list[str]:
