@@ -87,6 +87,7 @@ class MetadataClient:
         self._closed = False
         self._cached: DropletIdentity | None = None
         self._cache_loaded = False
+        self._usable: bool | None = None  # did the last reserved-IP answer say anything?
 
     def __repr__(self) -> str:
         return f"MetadataClient(base_url={self._base_url!r})"
@@ -203,11 +204,16 @@ class MetadataClient:
         if isinstance(raw_active, BaseException):
             _reraise_cancel(raw_active)
             log.debug("event=metadata_reserved_ip_unknown reason=%s", _reason(raw_active))
+            self._note_usable(False, one_line(raw_active))
         elif raw_active in ("true", "false"):
             active = raw_active == "true"
+            self._note_usable(True, "")
         else:
-            # Debug only: this runs every poll; the controller logs the resulting transitions.
+            # Debug only: this runs every poll; _note_usable logs the transitions.
             log.debug("event=metadata_reserved_ip_garbled key=active answer=%r", raw_active[:40])
+            self._note_usable(
+                False, f"{self._base_url}/{prefix}/active answered {raw_active[:40]!r}"
+            )
         ip_address: str | None = None
         if isinstance(raw_address, BaseException):
             _reraise_cancel(raw_address)
@@ -215,6 +221,23 @@ class MetadataClient:
         else:
             ip_address = _ipv4_or_none(raw_address)
         return ReservedIpView(active=active, ip_address=ip_address)
+
+    def _note_usable(self, usable: bool, reason: str) -> None:
+        """Export whether the service answers about the reserved IP, and log each change (a
+        warning when it stops: the cheap view is gone and the freshness bound with it)."""
+        if self._metrics is not None:
+            self._metrics.metadata_up.set(1 if usable else 0)
+        previous, self._usable = self._usable, usable
+        if usable is previous:
+            return
+        if not usable:
+            log.warning(
+                "event=metadata_unusable reason=%s effect=%s",
+                kv(reason),
+                kv("who holds the reserved IP comes from the API holder checks alone"),
+            )
+        elif previous is not None:
+            log.info("event=metadata_usable")
 
     async def holds(self, ip: str, deadline: Deadline) -> bool | None:
         """True only if active and pointing at ``ip``; False if inactive or another IP;

@@ -163,6 +163,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.metadata_up = Gauge(
+            "hafloatd_metadata_up",
+            "1 if the metadata service's last answer about the reserved IP was usable, 0 if "
+            "not (down, error, empty, garbled), -1 before the first.",
+            registry=r,
+        )
+        self.metadata_up.set(-1)
         self.pacemaker_notifications_total = Counter(
             "hafloatd_pacemaker_notifications_total",
             "crm_resource --fail invocations by result (ok, error).",

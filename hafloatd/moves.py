@@ -12,8 +12,10 @@ A move is confirmed only by an answer obtained **after the move's POST was accep
   was here, left, and the POST found it elsewhere), which the model-based test found.
 
 The API client's own 422/unknown-fate handling ("already assigned", checked by a GET after the
-POST) follows the same rule. ``Mover.lookup`` waits out a ``locked`` IP: an IP that an action is
-moving is *in flux*, never "held" or "not held".
+POST) follows the same rule. A move that stops being followed before its action ended
+(deadline, API failure, a stop cancelling the start) leaves the IP *in flux*, as a ``locked``
+answer would: the next start looks before it POSTs. ``Mover.lookup`` waits out a ``locked``
+IP: an IP that an action is moving is *in flux*, never "held" or "not held".
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import DoApiClient
 from hafloatd.doapi.models import ReservedIp
-from hafloatd.errors import DeadlineExceeded
+from hafloatd.errors import ActionFailed, DeadlineExceeded
 from hafloatd.metadata import MetadataClient
 from hafloatd.metrics import FAILOVER_PHASES
 
@@ -117,7 +119,16 @@ class Mover:
             self._observe_api(self.my_droplet_id, False, accepted_at, "api")
             return Confirmation("api", None, phases)
         timeline.action_id = result.action.id
-        by = await self._confirm(result.action.id, accepted_at, deadline)
+        try:
+            by = await self._confirm(result.action.id, accepted_at, deadline)
+        except ActionFailed:
+            raise  # it ended: the IP did not move
+        except BaseException:
+            # Our accepted action had not ended when we stopped following it (deadline,
+            # API failure, cancelled by a stop): the IP is in flux until an answer says
+            # otherwise, so no view from before it may send the next start's POST blind.
+            self._observe_api(None, True, time.monotonic(), "api")
+            raise
         phases["action_completed"] = confirmed_at = time.monotonic()
         timeline.action_completed = time.time()
         # As of the confirmation (not the POST): metadata polls answered while the action ran

@@ -2,9 +2,9 @@
 validation of response bodies into them.
 
 Owns ``ReservedIp``, ``Action``, ``AssignResult`` and ``RateLimit``; the ``Reply`` record every
-request yields (status, parsed JSON, a one-line excerpt, headers, request id); and the parsers
-that turn a reply into a value or raise ApiError naming the malformed field. Nothing here does
-I/O.
+request yields (status, parsed JSON, a one-line excerpt, headers, request id), built from an
+answer the token has been masked out of (``mask_secret``); and the parsers that turn a reply
+into a value or raise ApiError naming the malformed field. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from hafloatd.errors import ApiError
 from hafloatd.logs import one_line
@@ -84,6 +84,25 @@ class Reply:
     headers: CIMultiDictProxy[str]
     request_id: str | None
     what: str  # "GET /v2/reserved_ips/203.0.113.10"
+
+
+ECHO_ADVICE: Final = (
+    "the answer echoed the API token (a proxy on the path?); masked in every message; "
+    "rotate the token if the answer came from anywhere but DigitalOcean"
+)
+
+
+def mask_secret(
+    raw: bytes, headers: CIMultiDictProxy[str], secret: str
+) -> tuple[bytes, CIMultiDictProxy[str], bool]:
+    """The answer with every copy of ``secret`` (the token an edge proxy or a broken API could
+    echo back) replaced by ``***`` in the body and the headers, before any of it can reach a
+    message; and whether there was one."""
+    needle = secret.encode()
+    if not secret or (needle not in raw and not any(secret in v for v in headers.values())):
+        return raw, headers, False
+    masked = CIMultiDict((name, value.replace(secret, "***")) for name, value in headers.items())
+    return raw.replace(needle, b"***"), CIMultiDictProxy(masked), True
 
 
 def make_reply(status: int, raw: bytes, headers: CIMultiDictProxy[str], what: str) -> Reply:

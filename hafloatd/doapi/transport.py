@@ -11,7 +11,10 @@ exceptions (``raise_for_status``):
 - retried inside the deadline: 429, 5xx, timeouts and connection errors; a wait that would
   pass the deadline fails at once with ApiUnavailable instead of sleeping past it;
 - final at once: 401/403 (ApiAuthError), 404 (ApiNotFound), 422 (ApiRejected), a TLS
-  verification failure (ApiError).
+  verification failure or a server that does not speak TLS (ApiError).
+
+An answer that carries the token back has it masked before anything reads it
+(``models.mask_secret``, logged as ``api_answer_contained_token``): no message can quote it.
 
 A POST is never retried here: ``attempt`` reports whether a failed request may have reached
 the server (``TransportFailure.sent``) and the client decides (see ``client``).
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NoReturn
@@ -32,11 +36,13 @@ import aiohttp
 from hafloatd.config import ApiConfig
 from hafloatd.deadline import Deadline
 from hafloatd.doapi.models import (
+    ECHO_ADVICE,
     RateLimit,
     Reply,
     error_id,
     error_message,
     make_reply,
+    mask_secret,
 )
 from hafloatd.doapi.session import ApiSession
 from hafloatd.doapi.window import SlidingCount
@@ -92,6 +98,7 @@ class ApiTransport:
         self._config = config
         self._metrics = metrics
         self.session = ApiSession(config, token, metrics=metrics)
+        self._secret = token.reveal  # only to mask it out of answers (models.mask_secret)
         self.base_url = self.session.base_url
         self._rng = random.Random()
         self.token_valid: bool | None = None
@@ -168,12 +175,21 @@ class ApiTransport:
                 ) as response:
                     raw = await response.read()
                     code = str(response.status)
-                    reply = make_reply(response.status, raw, response.headers, what)
+                    raw, headers, echoed = mask_secret(raw, response.headers, self._secret())
+                    reply = make_reply(response.status, raw, headers, what)
         except aiohttp.ClientConnectorCertificateError as exc:
             raise ApiError(
                 f"TLS certificate verification failed for {self.base_url}: "
                 f"{one_line(str(exc.certificate_error))}; set api.ca_file to the CA that signs "
                 "the API's certificate or fix the system trust store"
+            ) from None
+        except aiohttp.ClientConnectorSSLError as exc:
+            if not tls_disagreement(exc):
+                raise TransportFailure("connection_error", describe(exc), sent=False) from None
+            raise ApiError(
+                f"TLS handshake with {self.base_url} failed: {one_line(exc.os_error)}; the "
+                "server on that port does not speak TLS (or no TLS version both accept): "
+                "check api.base_url (scheme, host and port)"
             ) from None
         except aiohttp.ConnectionTimeoutError as exc:
             raise TransportFailure(
@@ -200,6 +216,11 @@ class ApiTransport:
                 code,
                 elapsed * 1000,
             )
+        if echoed:
+            log.warning(
+                "event=api_answer_contained_token endpoint=%s code=%s action=masked note=%s",
+                endpoint, code, kv(ECHO_ADVICE),
+            )  # fmt: skip
         self._observe(reply)
         return reply
 
@@ -390,6 +411,14 @@ def raise_for_status(endpoint: Endpoint, reply: Reply, *, subject: str) -> NoRet
             **kwargs,
         )
     raise ApiError(f"{reply.what}: unexpected answer {status} ({message})", **kwargs)
+
+
+def tls_disagreement(exc: aiohttp.ClientConnectorSSLError) -> bool:
+    """A handshake the peer answered with something else than the TLS we speak (a plain-HTTP
+    server, a protocol version neither accepts): retrying cannot help. A connection cut
+    during the handshake (EOF, reset) is a transport failure like any other, retried."""
+    cut = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError, ConnectionError)
+    return not isinstance(exc.os_error, cut)
 
 
 def retryable_status(status: int) -> bool:

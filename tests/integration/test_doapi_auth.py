@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from pathlib import Path
+from types import SimpleNamespace
 
+import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
 from hafloatd.config import ApiConfig
 from hafloatd.deadline import Deadline
 from hafloatd.doapi import DoApiClient
+from hafloatd.doapi.transport import tls_disagreement
 from hafloatd.errors import ApiAuthError, ApiError, ApiUnavailable, HafloatdError
 from hafloatd.lab.sim import Simulator
 from hafloatd.metrics import Metrics
@@ -150,6 +155,62 @@ async def test_tls_verification_stays_on_without_the_ca(tls_simulator: Simulator
     assert "TLS certificate verification failed" in message
     assert "api.ca_file" in message
     assert tls_simulator.exchanges == []  # nothing was sent over the unverified channel
+
+
+async def test_https_to_a_server_without_tls_fails_at_once_naming_base_url(
+    simulator: Simulator,
+) -> None:
+    """Found by the fault matrix: the handshake's "wrong version number" was retried as a
+    connection error until the deadline, then blamed on connectivity."""
+    metrics = Metrics(CollectorRegistry())
+    https_url = simulator.api_url.replace("http://", "https://")
+    async with api_client(simulator, base_url=https_url, metrics=metrics) as api:
+        with pytest.raises(ApiError) as info:
+            await api.get_reserved_ip(IP_NYC, Deadline.after(5))
+    assert not isinstance(info.value, ApiUnavailable)
+    labels = {"endpoint": "get_reserved_ip"}
+    assert sample(metrics, "hafloatd_api_requests_total", code="0", **labels) == 1
+    assert sample(metrics, "hafloatd_api_retries_total", reason="connection_error", **labels) == 0
+    message = str(info.value)
+    assert "does not speak TLS" in message and "api.base_url" in message
+    assert simulator.exchanges == []
+
+
+async def test_a_handshake_cut_by_the_server_is_retried(simulator: Simulator) -> None:
+    """A connection closed during the handshake is a transport failure: retried, not final."""
+    accepted = 0
+
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with api_client(simulator, base_url=f"https://127.0.0.1:{port}") as api:
+            with pytest.raises(ApiUnavailable):
+                await api.get_reserved_ip(IP_NYC, Deadline.after(1.5))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert accepted >= 2
+
+
+@pytest.mark.parametrize(
+    ("os_error", "final"),
+    [
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), True),
+        (ssl.SSLError(1, "[SSL: SSLV3_ALERT_HANDSHAKE_FAILURE] handshake failure"), True),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), False),
+        (ssl.SSLZeroReturnError(6, "TLS/SSL connection has been closed"), False),
+        (ssl.SSLSyscallError(5, "Some I/O error occurred"), False),
+    ],
+)
+def test_only_a_tls_disagreement_is_final(os_error: ssl.SSLError, final: bool) -> None:
+    key = SimpleNamespace(host="127.0.0.1", port=443, ssl=True)
+    exc = aiohttp.ClientConnectorSSLError(key, os_error)  # type: ignore[arg-type]
+    assert tls_disagreement(exc) is final
 
 
 async def test_unreadable_ca_file_names_the_key(tmp_path: Path) -> None:

@@ -330,6 +330,38 @@ async def test_holds_respects_a_deadline_shorter_than_the_timeout(
         assert deadline.expired()  # gave up at the deadline, not before
 
 
+async def test_an_unusable_service_is_logged_once_per_change_and_exported(
+    simulator: Simulator, cache_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hafloatd.metadata")
+    metrics = Metrics(CollectorRegistry())
+
+    def up() -> float | None:
+        return metrics.registry.get_sample_value("hafloatd_metadata_up")
+
+    async with metadata_client(simulator, 1003, cache_file, metrics=metrics) as client:
+        assert up() == -1
+        assert await client.holds(IP_SFO, Deadline.after(5)) is True
+        assert up() == 1
+        fault = simulator.faults.metadata_garbage(droplet_id=1003)
+        for _ in range(3):
+            assert await client.holds(IP_SFO, Deadline.after(5)) is None
+        assert up() == 0
+        simulator.faults.remove(fault)
+        simulator.faults.metadata_down(1003)
+        assert await client.holds(IP_SFO, Deadline.after(5)) is None  # still unusable: no line
+        simulator.faults.clear()
+        assert await client.holds(IP_SFO, Deadline.after(5)) is True
+        assert up() == 1
+    events = [
+        (r.levelno, r.getMessage()) for r in caplog.records if "event=metadata_u" in r.getMessage()
+    ]
+    assert len(events) == 2, events
+    assert events[0][0] == logging.WARNING and "It works" in events[0][1]
+    assert events[0][1].startswith("event=metadata_unusable reason=")
+    assert events[1] == (logging.INFO, "event=metadata_usable")
+
+
 async def test_metadata_requests_are_counted(simulator: Simulator, cache_file: Path) -> None:
     metrics = Metrics(CollectorRegistry())
     async with metadata_client(simulator, 1003, cache_file, metrics=metrics) as client:

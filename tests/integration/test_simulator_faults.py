@@ -89,6 +89,22 @@ async def test_server_error_burst_answers_the_next_n_then_recovers(
     assert [e.fault for e in simulator.exchanges] == ["server_error", "server_error", None]
 
 
+async def test_server_error_message_replaces_the_text_and_nothing_else(
+    simulator: Simulator, http: aiohttp.ClientSession, admin: aiohttp.ClientSession
+) -> None:
+    fault = await add_fault(
+        admin, simulator, kind="server_error", status=401, count=1, message="bad token: x"
+    )
+    assert fault["message"] == "bad token: x"
+    status, body, headers = await get(http, simulator, "/v2/reserved_ips")
+    assert (status, body["id"], body["message"]) == (401, "unauthorized", "bad token: x")
+    assert body["request_id"] == headers["x-request-id"]
+    simulator.faults.server_errors(1, status=503)
+    assert (await get(http, simulator, "/v2/reserved_ips"))[1]["message"] == (
+        "Service temporarily unavailable"
+    )
+
+
 async def test_server_error_fault_can_make_action_lookups_404_like_byoip(
     simulator: Simulator, http: aiohttp.ClientSession, admin: aiohttp.ClientSession
 ) -> None:
@@ -252,6 +268,8 @@ async def test_faults_can_be_listed_removed_and_cleared(
         ({"kind": "latency"}, "delay_s"),
         ({"kind": "server_error", "count": 0}, "count"),
         ({"kind": "server_error", "colour": "red"}, "unknown field"),
+        ({"kind": "latency", "delay_s": 1, "message": "x"}, "message"),
+        ({"kind": "server_error", "message": 7}, "message"),
     ],
 )
 async def test_bad_fault_requests_get_400_naming_the_field(

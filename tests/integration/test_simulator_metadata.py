@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from hafloatd.lab.sim import Simulator
+from hafloatd.lab.sim.faults import GARBAGE_BODY
 from tests.sim_fixtures import IP_NYC, IP_SFO, MakeSimulator, default_scenario, move_ip
 
 SHORT = aiohttp.ClientTimeout(total=2)
@@ -198,6 +199,18 @@ async def test_metadata_empty_answers_200_with_nothing(
     )
     assert await get_text(http, f"{simulator.metadata_url(1001)}/id") == (200, "")
     assert await get_text(http, f"{simulator.metadata_url(1001)}/id") == (200, "1001")
+
+
+async def test_metadata_garbage_answers_200_with_the_garbage_body_on_every_path(
+    simulator: Simulator, http: aiohttp.ClientSession
+) -> None:
+    simulator.faults.metadata_garbage(droplet_id=1001, count=3)
+    for path in ("/id", "/reserved_ip/ipv4/active", ".json"):
+        async with http.get(f"{simulator.metadata_url(1001)}{path}") as response:
+            assert response.status == 200
+            assert await response.read() == GARBAGE_BODY
+    assert await get_text(http, f"{simulator.metadata_url(1001)}/id") == (200, "1001")
+    assert await get_text(http, f"{simulator.metadata_url(1002)}/id") == (200, "1002")
 
 
 async def test_metadata_error_answers_the_status(

@@ -55,7 +55,7 @@ SIMULATOR_METHODS = [
 FAULT_METHODS = [
     "latency", "server_errors", "rate_limit_storm", "drop_connections", "errored_actions",
     "stuck_actions", "slow_actions", "metadata_down", "metadata_slow", "metadata_empty",
-    "metadata_error", "remove", "clear",
+    "metadata_error", "metadata_garbage", "remove", "clear",
 ]  # fmt: skip
 
 DO_CLIENT_METHODS = [

@@ -31,7 +31,7 @@ from hafloatd.lab.sim.inflight import InflightHandlers
 from hafloatd.lab.sim.ratelimit import RateDecision, RateLimiter
 from hafloatd.lab.sim.recording import Exchange, Recorder
 from hafloatd.lab.sim.refusals import SimApiError, not_found
-from hafloatd.lab.sim.responses import error_response, message, status_response
+from hafloatd.lab.sim.responses import ERROR_IDS, error_response, message, status_response
 from hafloatd.lab.sim.routes import DoRoutes, route_names
 from hafloatd.lab.sim.scenario import SimScenario
 from hafloatd.lab.sim.state import SimState
@@ -186,7 +186,7 @@ class ApiServer:
         if injected is not None:
             exchange.fault = "server_error"
             quota = self._limiter.peek(known_token)
-            return self._error(exchange, injected.status, request_id, quota)
+            return self._error(exchange, injected.status, request_id, quota, injected.message)
         if known_token is None:
             return self._error(exchange, 401, request_id, self._limiter.peek(None))
         decision = self._limiter.check(known_token)
@@ -214,9 +214,17 @@ class ApiServer:
         return response
 
     def _error(
-        self, exchange: Exchange, status: int, request_id: str, decision: RateDecision
+        self,
+        exchange: Exchange,
+        status: int,
+        request_id: str,
+        decision: RateDecision,
+        text: str | None = None,
     ) -> web.Response:
-        response = status_response(status, request_id)
+        if text is None:
+            response = status_response(status, request_id)
+        else:
+            response = error_response(status, ERROR_IDS.get(status, "error"), text, request_id)
         self._finish(exchange, response, request_id, decision)
         return response
 

@@ -6,7 +6,8 @@ actions. Kinds:
 
 ==================  =====================================================================
 ``latency``         add ``delay_s`` before the request is handled (API)
-``server_error``    answer ``status`` (500 by default; any 4xx/5xx) with DO's error body (API)
+``server_error``    answer ``status`` (500 by default; any 4xx/5xx) with DO's error body (API);
+                    ``message`` replaces DO's text (e.g. an edge proxy echoing a header)
 ``rate_limit_storm`` answer 429 ``too_many_requests`` with ``retry-after: retry_after_s`` (API)
 ``drop_connection`` close the TCP connection without an answer; for a POST, by default only
                     *after* the action was created (``after_state_change``): a POST of
@@ -20,6 +21,9 @@ actions. Kinds:
 ``metadata_slow``   the metadata service waits ``delay_s`` before answering
 ``metadata_empty``  the metadata service answers 200 with an empty body
 ``metadata_error``  the metadata service answers ``status`` (500 by default)
+``metadata_garbage`` the metadata service answers 200 with ``GARBAGE_BODY`` (an HTML page
+                    with a NUL and bytes that are not UTF-8) for every path: a captive
+                    portal or a proxy answering in its place
 ==================  =====================================================================
 
 API endpoint names (``endpoint=`` takes one, a comma-separated list, or ``"*"``):
@@ -46,14 +50,17 @@ FaultKind = Literal[
     "metadata_slow",
     "metadata_empty",
     "metadata_error",
+    "metadata_garbage",
 ]
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 API_FAULT_KINDS = frozenset({"latency", "server_error", "rate_limit_storm", "drop_connection"})
 ACTION_FAULT_KINDS = frozenset({"action_errored", "action_stuck", "action_slow"})
 DELAY_FAULT_KINDS = frozenset({"latency", "metadata_slow", "action_slow"})
 METADATA_FAULT_KINDS = frozenset(
-    {"metadata_down", "metadata_slow", "metadata_empty", "metadata_error"}
+    {"metadata_down", "metadata_slow", "metadata_empty", "metadata_error", "metadata_garbage"}
 )
+# What ``metadata_garbage`` answers: neither a droplet id, nor true/false, nor an address.
+GARBAGE_BODY: bytes = b"<html><body><h1>It works!</h1>\x00\xff\xfe</body></html>\n"
 API_ENDPOINTS: frozenset[str] = frozenset(
     {
         "list_reserved_ips",
@@ -85,6 +92,7 @@ class Fault:
     delay_s: float = 0.0
     retry_after_s: int = 1
     after_state_change: bool = True
+    message: str | None = None  # server_error: the error body's message (None: DO's text)
     hits: int = 0
 
     def matches(self, endpoint: str | None, ip: str | None, droplet_id: int | None) -> bool:
@@ -106,6 +114,7 @@ class Fault:
             "delay_s": self.delay_s,
             "retry_after_s": self.retry_after_s,
             "after_state_change": self.after_state_change,
+            "message": self.message,
             "hits": self.hits,
         }
 
@@ -132,6 +141,7 @@ class FaultInjector:
         after_state_change: bool = True,
         ip: str | None = None,
         droplet_id: int | None = None,
+        message: str | None = None,
     ) -> Fault:
         """Install a fault; see the module docstring for the kinds. Returns it (for ``remove``)."""
         if kind not in FAULT_KINDS:
@@ -148,6 +158,8 @@ class FaultInjector:
         chosen_status = default_status if status is None else status
         if not isinstance(chosen_status, int) or not 400 <= chosen_status <= 599:
             raise FaultError(f"status: must be an HTTP error status 400-599, got {status!r}")
+        if message is not None and (kind != "server_error" or not isinstance(message, str)):
+            raise FaultError("message: a string, and only for a server_error fault")
         if kind in DELAY_FAULT_KINDS and delay_s <= 0:
             raise FaultError(f"delay_s: a {kind} fault needs delay_s > 0")
         endpoints = _parse_endpoints(endpoint) if kind in API_FAULT_KINDS else None
@@ -164,6 +176,7 @@ class FaultInjector:
             delay_s=float(delay_s),
             retry_after_s=retry_after_s,
             after_state_change=after_state_change,
+            message=message,
         )
         self._faults.append(fault)
         self._changed()
@@ -173,7 +186,7 @@ class FaultInjector:
         """``POST /_sim/faults`` body -> ``add``; FaultError names a bad field."""
         allowed = {
             "kind", "endpoint", "count", "status", "delay_s", "retry_after_s",
-            "after_state_change", "ip", "droplet_id",
+            "after_state_change", "ip", "droplet_id", "message",
         }  # fmt: skip
         unknown = sorted(set(data) - allowed)
         if unknown:
@@ -193,11 +206,20 @@ class FaultInjector:
         return self.add("latency", endpoint=endpoint, count=count, delay_s=delay_s, ip=ip)
 
     def server_errors(
-        self, count: int | None, *, endpoint: str = "*", status: int = 500, ip: str | None = None
+        self,
+        count: int | None,
+        *,
+        endpoint: str = "*",
+        status: int = 500,
+        ip: str | None = None,
+        message: str | None = None,
     ) -> Fault:
         """The next ``count`` matching requests get ``status`` (also usable for 404s, e.g. an
-        action lookup that fails as it does for BYOIP addresses)."""
-        return self.add("server_error", endpoint=endpoint, count=count, status=status, ip=ip)
+        action lookup that fails as it does for BYOIP addresses); ``message`` replaces the
+        error body's text."""
+        return self.add(
+            "server_error", endpoint=endpoint, count=count, status=status, ip=ip, message=message
+        )
 
     def rate_limit_storm(
         self,
@@ -254,6 +276,10 @@ class FaultInjector:
         self, *, status: int = 500, droplet_id: int | None = None, count: int | None = None
     ) -> Fault:
         return self.add("metadata_error", status=status, droplet_id=droplet_id, count=count)
+
+    def metadata_garbage(self, *, droplet_id: int | None = None, count: int | None = None) -> Fault:
+        """200 with ``GARBAGE_BODY`` on every path (``/metadata/v1.json`` included)."""
+        return self.add("metadata_garbage", droplet_id=droplet_id, count=count)
 
     def remove(self, fault: Fault | int) -> bool:
         """Remove one fault (object or id); False if it was already gone."""

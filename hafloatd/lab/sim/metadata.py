@@ -8,7 +8,8 @@ time with ``Simulator.set_metadata_lag``):
 ``/metadata/v1.json`` with everything. Directory paths answer an index (one entry per line,
 sub-directories with a trailing ``/``); unknown paths 404.
 
-Faults (``metadata_down``/``slow``/``empty``/``error``) come from the shared FaultInjector.
+Faults (``metadata_down``/``slow``/``empty``/``error``/``garbage``) come from the shared
+FaultInjector.
 ``stop()``/``start()`` on a running simulator model a service that refuses connections.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hafloatd.lab.sim.faults import FaultInjector
+from hafloatd.lab.sim.faults import GARBAGE_BODY, FaultInjector
 from hafloatd.lab.sim.inflight import InflightHandlers
 from hafloatd.lab.sim.scenario import SimDroplet
 from hafloatd.lab.sim.state import SimState
@@ -109,6 +110,8 @@ class MetadataServer:
         error = self._faults.take("metadata_error", droplet_id=droplet_id)
         if error is not None:
             return web.Response(status=error.status, text="error", content_type="text/plain")
+        if self._faults.take("metadata_garbage", droplet_id=droplet_id) is not None:
+            return web.Response(body=GARBAGE_BODY, content_type="text/html")
         document = metadata_document(self._state, droplet_id)
         if request.path == "/metadata/v1.json":
             return web.json_response(document)
