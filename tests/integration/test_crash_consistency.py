@@ -121,13 +121,16 @@ class Round:
 
 
 def plan(seed: int, count: int) -> list[Round]:
-    """Every (kind, point) pair equally often, in a seeded order, with seeded details."""
+    """Every (kind, point) pair equally often, in a seeded order. A pair's 1st, 4th, 7th...
+    round has the other droplet take the IP while the daemon is down; its 2nd, 4th... lets
+    the next start overlap a held request of the dead daemon."""
     rnd = random.Random(seed)
     pairs = [("start", p) for p in START_POINTS] + [("stop", p) for p in STOP_POINTS]
-    chosen = (pairs * (count // len(pairs) + 1))[:count]
+    chosen = [(kind, point, n) for n in range(count // len(pairs) + 1) for kind, point in pairs]
+    chosen = chosen[:count]
     rnd.shuffle(chosen)
     rounds = []
-    for index, (kind, point) in enumerate(chosen):
+    for index, (kind, point, occurrence) in enumerate(chosen):
         if point.startswith("unassign_"):
             on_stop = "unassign"
         elif point == "before_post":
@@ -140,8 +143,8 @@ def plan(seed: int, count: int) -> list[Round]:
                 kind,
                 point,
                 on_stop,
-                takeover=rnd.random() < 0.3,
-                overlap=rnd.random() < 0.5,
+                takeover=occurrence % 3 == 0,
+                overlap=occurrence % 2 == 1,
                 hold_s=rnd.uniform(0.1, 0.8),
                 delay_s=rnd.uniform(0.0, 0.15),
                 k_polls=rnd.randint(1, 3),
