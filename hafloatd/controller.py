@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from hafloatd.errors import (
     OCF_ERR_GENERIC,
     OCF_NOT_RUNNING,
     OCF_SUCCESS,
+    DeadlineExceeded,
     HafloatdError,
 )
 from hafloatd.holder import Freshness, HolderTruth, HolderView
@@ -101,6 +103,12 @@ class IpController:
         )
         self.operations = OperationOwner(self.ip)
         self.record = roles.load(self.ip)
+        # A stop's unassign POST that was on its way when the previous process died may still
+        # land. It was sent before this process started, so its client had given up by now +
+        # request_timeout at the latest: the bound an unknown-fate POST gets everywhere here.
+        self._old_unassign_until = (
+            time.monotonic() + api_config.request_timeout if self.record.unassign_pending else 0.0
+        )
         self.timelines: deque[FailoverTimeline] = deque(maxlen=TIMELINE_KEEP)
         self.last_error: str | None = None
         self._recheck_task: asyncio.Task[None] | None = None
@@ -169,7 +177,7 @@ class IpController:
         resource = resource or self.record.resource
         node = node or self.record.node
         if (resource, node) != (self.record.resource, self.record.node):
-            self.record = RoleRecord(self.record.role, self.record.changed_at, resource, node)
+            self.record = dataclasses.replace(self.record, resource=resource, node=node)
             self.roles.schedule(self.ip, self.record)
 
     def apply_stop_record(self, record: StopRecord) -> bool:
@@ -295,6 +303,7 @@ class IpController:
     async def _start_steps(
         self, deadline: Deadline, timeline: FailoverTimeline, received: float
     ) -> ControlReply:
+        await self._outwait_old_unassign(deadline)
         if not self._known_elsewhere(received):
             # Only an answer obtained after this request may say "already here"; a locked IP
             # is waited out (in flux is neither here nor elsewhere).
@@ -337,6 +346,25 @@ class IpController:
             return False
         return self.truth.view(now).held_here is False
 
+    async def _outwait_old_unassign(self, deadline: Deadline) -> None:
+        """After a restart that interrupted a stop's unassign, wait until its POST can no longer
+        land: answered "already here" (or confirmed) before that, a start could be undone by
+        it after the reply."""
+        wait = self._old_unassign_until - time.monotonic()
+        if wait <= 0:
+            return
+        log.info(
+            "event=start_waits ip=%s reason=unassign_before_restart wait_ms=%.0f",
+            self.ip,
+            wait * 1000,
+        )
+        if wait > deadline.remaining():
+            raise DeadlineExceeded(
+                f"the unassign of {self.ip} sent before hafloatd restarted may still land for "
+                f"{wait:.1f}s (api.request_timeout); start again after that"
+            )
+        await asyncio.sleep(wait)
+
     async def _persist_started(self, deadline: Deadline) -> None:
         self._set_role(Role.STARTED)
         await self.roles.wait_written(self.ip, deadline.remaining())
@@ -358,11 +386,19 @@ class IpController:
     # ----------------------------------------------------------------- stop
 
     async def _stop(self, deadline: Deadline) -> ControlReply:
-        self._set_role(Role.STOPPED)
+        unassign = self.ip_config.on_stop == "unassign"
+        self._set_role(Role.STOPPED, unassign_pending=unassign)
         await self.roles.wait_written(self.ip, deadline.cap(STOP_PERSIST_WAIT_S))
-        if self.ip_config.on_stop != "unassign":
+        if not unassign:
             log.info("event=stop ip=%s on_stop=release api_calls=0", self.ip)
             return ControlReply(OCF_SUCCESS)
+        try:
+            return await self._unassign(deadline)
+        finally:  # its fate is known now: a restart need not wait for it
+            self.record = dataclasses.replace(self.record, unassign_pending=False)
+            self.roles.schedule(self.ip, self.record)
+
+    async def _unassign(self, deadline: Deadline) -> ControlReply:
         try:
             holder = await self.mover.unassign_if_here(deadline)
         except HafloatdError as exc:
@@ -400,11 +436,13 @@ class IpController:
             )
         self._export_holder()
 
-    def _set_role(self, role: Role) -> None:
+    def _set_role(self, role: Role, *, unassign_pending: bool = False) -> None:
         if role is not self.record.role:
             self.metrics.last_transition_timestamp_seconds.labels(ip=self.ip).set(time.time())
             log.info("event=role_changed ip=%s role=%s", self.ip, role.value)
-        self.record = RoleRecord(role, time.time(), self.record.resource, self.record.node)
+        self.record = RoleRecord(
+            role, time.time(), self.record.resource, self.record.node, unassign_pending
+        )
         self.metrics.role.labels(ip=self.ip).set(1 if role is Role.STARTED else 0)
         self.roles.schedule(self.ip, self.record)
 

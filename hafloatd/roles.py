@@ -2,9 +2,11 @@
 
 The role (``started``/``stopped``) is what monitor answers from, so it must survive a daemon
 restart (DESIGN §5). It is persisted as one small JSON file per IP under the state dir:
-``{"ip", "role", "changed_at" (Unix time), "resource", "node"}`` — the Pacemaker resource and
-node names travel with it, so failure notification (``pacemaker.notify_failures``) is armed
-again after a restart.
+``{"ip", "role", "changed_at" (Unix time), "resource", "node", "unassign_pending"}`` — the
+Pacemaker resource and node names travel with it, so failure notification
+(``pacemaker.notify_failures``) is armed again after a restart; ``unassign_pending`` is true
+while a stop (``on_stop: unassign``) may have an unassign POST on its way, so a daemon that
+died meanwhile knows, once restarted, that the POST may still land (``IpController``).
 
 Persistence never fails an operation: a stop that cannot write its role still succeeded (a
 failed stop gets a node fenced). Failures are logged, counted
@@ -46,6 +48,7 @@ class RoleRecord:
     changed_at: float  # Unix time
     resource: str | None = None
     node: str | None = None
+    unassign_pending: bool = False
 
     def to_json(self, ip: str) -> bytes:
         data = {
@@ -54,6 +57,7 @@ class RoleRecord:
             "changed_at": self.changed_at,
             "resource": self.resource,
             "node": self.node,
+            "unassign_pending": self.unassign_pending,
         }
         return (json.dumps(data) + "\n").encode()
 
@@ -89,6 +93,7 @@ class RoleStore:
             float(changed_at) if isinstance(changed_at, int | float) else 0.0,
             resource if isinstance(resource, str) else None,
             node if isinstance(node, str) else None,
+            data.get("unassign_pending") is True,
         )
 
     def schedule(self, ip: str, record: RoleRecord) -> None:

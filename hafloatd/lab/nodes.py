@@ -152,6 +152,22 @@ class DaemonNode:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.terminating = True
 
+    async def kill(self) -> int | None:
+        """``kill -9``: the process ends where it is and nothing of its shutdown runs (a crash).
+        Its files stay as they were (socket, role files): ``start()`` runs it again on them."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        self.proc = None
+        self.terminating = False
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+        return proc.returncode
+
     async def stop(self, timeout: float = 10.0) -> int | None:
         proc = self.proc
         if proc is None:

@@ -80,6 +80,12 @@ class ApiServer:
         scheme = "https" if self._ssl_context is not None else "http"
         return f"{scheme}://{_url_host(self._scenario.host)}:{self.port}"
 
+    @property
+    def in_flight(self) -> int:
+        """Requests received and not answered yet (one held by a latency fault counts until
+        it is answered, even when its client went away)."""
+        return len(self._handlers)
+
     async def start(self) -> None:
         app = web.Application(middlewares=[self._middleware])
         DoRoutes(self._state, lambda: self.url).add_to(app.router)

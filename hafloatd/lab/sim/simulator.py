@@ -287,6 +287,12 @@ class Simulator:
     def counters(self) -> SimCounters:
         return self._recorder.counters
 
+    @property
+    def requests_in_flight(self) -> int:
+        """API requests received and not answered yet: a POST held by a ``latency`` fault
+        counts until it is answered (and takes effect), even after its client went away."""
+        return self._require_api().in_flight
+
     def clear_exchanges(self) -> None:
         self._recorder.clear()
 
