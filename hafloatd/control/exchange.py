@@ -15,6 +15,7 @@ from typing import Protocol
 
 from hafloatd import logs
 from hafloatd.control.protocol import ControlReply, ControlRequest
+from hafloatd.control.warnlimit import WarningLimiter
 from hafloatd.errors import OCF_ERR_GENERIC, HafloatdError
 
 log = logging.getLogger("hafloatd.control")
@@ -28,8 +29,12 @@ class ControlHandler(Protocol):
     async def handle(self, request: ControlRequest) -> ControlReply: ...
 
 
-async def dispatch(handler: ControlHandler, request: ControlRequest) -> tuple[ControlReply, str]:
-    """The handler's reply and ``"ok"``, or a reply made up here and ``"error"``."""
+async def dispatch(
+    handler: ControlHandler, request: ControlRequest, warnings: WarningLimiter
+) -> tuple[ControlReply, str]:
+    """The handler's reply and ``"ok"``, or a reply made up here and ``"error"``.
+
+    A handler's ``HafloatdError`` is a warning, through ``warnings`` (limited per peer uid)."""
     timeout = asyncio.timeout(request.deadline().remaining())
     try:
         async with timeout:
@@ -48,8 +53,10 @@ async def dispatch(handler: ControlHandler, request: ControlRequest) -> tuple[Co
         log.error("event=control_handler_error op=%s error=%s", request.op, describe(exc))
         return ControlReply.failure(OCF_ERR_GENERIC, f"timeout: {exc or 'no detail'}"), "error"
     except HafloatdError as exc:
-        log.warning(
-            "event=control_handler_failed op=%s ip=%s ocf=%d error=%r",
+        warnings.warn(
+            request.peer.uid,
+            "control_handler_failed",
+            "op=%s ip=%s ocf=%d error=%r",
             request.op,
             request.ip or "-",
             exc.ocf_code,
