@@ -22,7 +22,14 @@ from typing import Any
 
 from hafloatd.config import ControlConfig
 from hafloatd.control import unixsock
-from hafloatd.control.exchange import ControlHandler, describe, dispatch, send_final, send_reply
+from hafloatd.control.exchange import (
+    ControlHandler,
+    HangUps,
+    describe,
+    dispatch,
+    send_final,
+    send_reply,
+)
 from hafloatd.control.protocol import ControlReply, PeerCred, parse_request
 from hafloatd.control.warnlimit import WarningLimiter
 from hafloatd.errors import (
@@ -64,6 +71,7 @@ class ControlServer:
         # What a client can make the server warn about, limited per peer uid.
         self._warnings = WarningLimiter(metrics)
         self._summaries: asyncio.Task[None] | None = None
+        self._hang_ups = HangUps()  # closed connections whose client left replies unread
 
     @property
     def socket_path(self) -> str:
@@ -165,6 +173,7 @@ class ControlServer:
             summaries.cancel()
             await asyncio.wait({summaries}, timeout=_CLOSE_TIMEOUT_S)
         self._warnings.flush()  # what was suppressed and not yet summed up
+        self._hang_ups.abort_all()
         if server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CLOSE_TIMEOUT_S):
@@ -295,7 +304,7 @@ class ControlServer:
             del self._connections[task]
             if self._metrics is not None:
                 self._metrics.control_connections.dec()
-            writer.close()
+            self._hang_ups.hang_up(writer, self._config.read_timeout)
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection
@@ -414,7 +423,7 @@ class ControlServer:
             await self._send_final(reader, writer, reply)
         finally:
             self._refusing.discard(task)
-            writer.close()
+            self._hang_ups.hang_up(writer, self._config.read_timeout)
 
     async def _send_final(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: ControlReply
