@@ -32,12 +32,7 @@ from hafloatd.control.exchange import (
 )
 from hafloatd.control.protocol import ControlReply, PeerCred, parse_request
 from hafloatd.control.warnlimit import WarningLimiter
-from hafloatd.errors import (
-    OCF_ERR_ARGS,
-    OCF_ERR_GENERIC,
-    OCF_ERR_PERM,
-    ProtocolError,
-)
+from hafloatd.errors import OCF_ERR_ARGS, OCF_ERR_GENERIC, OCF_ERR_PERM, ProtocolError
 from hafloatd.metrics import Metrics
 
 log = logging.getLogger("hafloatd.control")
@@ -70,7 +65,6 @@ class ControlServer:
         self._closing = False
         # What a client can make the server warn about, limited per peer uid.
         self._warnings = WarningLimiter(metrics)
-        self._summaries: asyncio.Task[None] | None = None
         self._hang_ups = HangUps()  # closed connections whose client left replies unread
 
     @property
@@ -117,9 +111,7 @@ class ControlServer:
                 await asyncio.to_thread(os.unlink, temp_path)
             raise
         self._closing = False
-        self._summaries = asyncio.get_running_loop().create_task(
-            self._warnings.run(), name="hafloatd-control-warning-summaries"
-        )
+        self._warnings.start()
         log.info(
             "event=control_listening path=%s mode=%04o group=%s allowed_uids=%s allowed_gids=%s "
             "max_connections=%d",
@@ -168,11 +160,7 @@ class ControlServer:
             await asyncio.wait(remaining, timeout=_CLOSE_TIMEOUT_S)
         if self._background:
             await asyncio.wait(self._background, timeout=_CLOSE_TIMEOUT_S)
-        summaries, self._summaries = self._summaries, None
-        if summaries is not None:
-            summaries.cancel()
-            await asyncio.wait({summaries}, timeout=_CLOSE_TIMEOUT_S)
-        self._warnings.flush()  # what was suppressed and not yet summed up
+        await self._warnings.close()  # and write what was suppressed and not yet summed up
         self._hang_ups.abort_all()
         if server is not None:
             with contextlib.suppress(TimeoutError):

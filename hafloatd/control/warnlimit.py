@@ -9,8 +9,8 @@ sums them up::
 
     event=control_warnings_suppressed peer_uid=0 count=98 window_s=60 events=control_peer_denied:98
 
-``run()`` is the task that writes those summaries when a peer goes quiet (the owner starts it
-and cancels it); ``flush()`` writes every pending summary at once (at shutdown). A peer whose
+``start()`` starts the task that writes those summaries when a peer goes quiet (``run()``);
+``close()`` stops it and writes every summary still pending (at shutdown). A peer whose
 uid is unknown (no peer credentials) is ``peer_uid=-1``; past ``max_peers`` distinct uids in
 flight, the rest share one budget, ``peer_uid=other``.
 """
@@ -35,6 +35,7 @@ WINDOW_S = 60.0
 MAX_PEERS = 1024  # uids tracked at once; more share the OTHER budget
 _OTHER = -2  # the shared key past MAX_PEERS
 _TICKS_PER_WINDOW = 6  # how often run() looks for windows that are over
+_CLOSE_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -62,6 +63,7 @@ class WarningLimiter:
         self._max_peers = max_peers
         self._clock = clock
         self._windows: dict[int, _Window] = {}
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def window_s(self) -> float:
@@ -110,6 +112,21 @@ class WarningLimiter:
     def pending(self) -> int:
         """Warnings suppressed and not yet summed up in a log line."""
         return sum(sum(w.suppressed.values()) for w in self._windows.values())
+
+    def start(self) -> None:
+        """Start the task that writes summaries as windows end (``close()`` stops it)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self.run(), name="hafloatd-control-warning-summaries"
+            )
+
+    async def close(self) -> None:
+        """Stop the summary task and write every summary still pending."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=_CLOSE_TIMEOUT_S)
+        self.flush()
 
     async def run(self) -> None:
         """Write summaries as windows end, until cancelled (the owner cancels it)."""

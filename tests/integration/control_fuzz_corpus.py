@@ -19,10 +19,14 @@ invalid line, and for a valid one the answer of a daemon that manages only ``CON
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import os
+import pickle
 import random
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +45,7 @@ KNOWN_KEYS = ("op", "ip", "deadline_ms", "probe", "resource", "node")
 RESOURCE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*(?::[0-9]+)?")
 NODE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_NAME_CHARS = 255
+DEFAULT_SEED = 20240609  # hypothesis' seed unless HAFLOATD_FUZZ_SEED gives another
 
 Kind = Literal["invalid", "answer", "blank"]
 Ending = Literal["read", "half-close", "unterminated"]
@@ -294,7 +299,7 @@ def generate_lines(count: int, seed: int | None = None) -> list[Line]:
     @settings(
         max_examples=count,
         database=None,
-        derandomize=seed is None,
+        derandomize=False,
         deadline=None,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
@@ -304,8 +309,7 @@ def generate_lines(count: int, seed: int | None = None) -> list[Line]:
         if len(lines) < count:
             lines.append(line)
 
-    run = collect if seed is None else hypothesis_seed(seed)(collect)
-    run()
+    hypothesis_seed(DEFAULT_SEED if seed is None else seed)(collect)()
     assert len(lines) == count, f"generated {len(lines)} of {count} lines"
     return lines
 
@@ -338,7 +342,7 @@ def generate_raw(count: int, seed: int | None = None) -> list[bytes]:
     @settings(
         max_examples=count,
         database=None,
-        derandomize=seed is None,
+        derandomize=False,
         deadline=None,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
@@ -348,9 +352,46 @@ def generate_raw(count: int, seed: int | None = None) -> list[bytes]:
         if len(found) < count:
             found.append(data)
 
-    run = collect if seed is None else hypothesis_seed(seed)(collect)
-    run()
+    hypothesis_seed(DEFAULT_SEED if seed is None else seed)(collect)()
     return found
+
+
+async def generate_apart(
+    lines: int, raw: int, seed: int | None, timeout: float = 900
+) -> tuple[list[Line], list[bytes]]:
+    """``generate_lines(lines, seed)`` and ``generate_raw(raw, seed)``, drawn in a fresh
+    interpreter: in a process that has run other tests, hypothesis draws other examples for
+    the same seed, and the corpus must be the same on every run."""
+    code = (
+        "import pickle, sys\n"
+        "from tests.integration.control_fuzz_corpus import generate_lines, generate_raw\n"
+        "lines, raw, seed = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]\n"
+        "seed = int(seed) if seed else None\n"
+        "sys.stdout.buffer.write(pickle.dumps((generate_lines(lines, seed), "
+        "generate_raw(raw, seed))))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        str(lines),
+        str(raw),
+        "" if seed is None else str(seed),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=root,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": root},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode(errors="replace")
+    pool, strings = pickle.loads(out)  # our own child's output
+    return pool, strings
 
 
 def raw_lines(data: bytes, *, at_eof: bool) -> int:

@@ -193,8 +193,7 @@ async def test_hostile_inputs_leave_the_daemon_answering_with_its_fds_rss_and_lo
     began = time.monotonic()
     path, pid = daemon.socket_path, daemon.pid
     assert pid is not None
-    pool = await asyncio.to_thread(corpus.generate_lines, DISTINCT_LINES, SEED)
-    raw = await asyncio.to_thread(corpus.generate_raw, max(100, INPUTS // 50), SEED)
+    pool, raw = await corpus.generate_apart(DISTINCT_LINES, max(100, INPUTS // 50), SEED)
     generated_s = time.monotonic() - began
     rng = random.Random(SEED or 9)
     tally = Tally()

@@ -208,3 +208,22 @@ async def test_run_writes_summaries_as_windows_end_until_cancelled(
         f"event=control_warnings_suppressed peer_uid=0 count=4 window_s=0.06 events={INVALID}:4"
     ]
     assert limiter.pending() == 0
+
+
+async def test_close_stops_the_summary_task_and_writes_what_is_pending(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = WarningLimiter(burst=1, window_s=60.0)
+    limiter.start()
+    limiter.start()  # idempotent: one task
+    names = [t.get_name() for t in asyncio.all_tasks()]
+    assert names.count("hafloatd-control-warning-summaries") == 1
+    with caplog.at_level(logging.WARNING, logger="hafloatd.control"):
+        for _ in range(3):
+            limiter.allow(ROOT, INVALID)
+        await limiter.close()
+
+    assert summaries(caplog) == [
+        f"event=control_warnings_suppressed peer_uid=0 count=2 window_s=60 events={INVALID}:2"
+    ]
+    assert "hafloatd-control-warning-summaries" not in {t.get_name() for t in asyncio.all_tasks()}
