@@ -157,6 +157,14 @@ class Metrics:
             "Open control-socket connections.",
             registry=r,
         )
+        self.control_warnings_suppressed_total = Counter(
+            "hafloatd_control_warnings_suppressed_total",
+            "Control-socket warnings not logged because their peer uid was over its budget "
+            "(10 lines a minute), by event; each window's are summed up in one "
+            "event=control_warnings_suppressed line.",
+            ["event"],
+            registry=r,
+        )
         self.metadata_requests_total = Counter(
             "hafloatd_metadata_requests_total",
             "Metadata service requests by result (ok, error).",

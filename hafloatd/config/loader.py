@@ -275,7 +275,14 @@ def _converter(cls: type[Any], key: str) -> Converter | None:
 
 
 def _type_hints(cls: type[Any]) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    # Cached: a list of 100,000 bad entries would evaluate IpConfig's annotations 100,000 times.
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {}
 
 
 def _unknown_key(key: str, known: Mapping[str, object], *, top_level: bool) -> str:

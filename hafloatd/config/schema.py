@@ -50,6 +50,10 @@ MAX_TIMEOUT = 60.0
 MAX_REQUEST_TIMEOUT = 120.0
 MAX_INTERVAL = 3600.0
 MAX_ACTION_POLL_INTERVAL = 60.0
+# api.hourly_budget's bound, for the same reasons: a million requests an hour is 200 times
+# DigitalOcean's limit per token, and a number past what a float holds passed check-config
+# then crashed the daemon at startup (its metrics gauge), exit 70 in a restart loop.
+MAX_HOURLY_BUDGET = 1_000_000
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
@@ -118,7 +122,7 @@ class ApiConfig:
                 f"got {format_duration(self.connect_timeout)}",
             )
         yield from int_between("max_connections", self.max_connections, 1, 100)
-        yield from int_between("hourly_budget", self.hourly_budget, 1, None)
+        yield from int_between("hourly_budget", self.hourly_budget, 1, MAX_HOURLY_BUDGET)
         if not self.user_agent.strip() or any(_is_control(c) for c in self.user_agent):
             yield "user_agent", f"must be a non-empty single line, got {show(self.user_agent)}"
 

@@ -7,6 +7,7 @@ One JSON object per line each way over a Unix ``SOCK_STREAM`` socket
   limits); a leaf the controller builds its replies from.
 - ``unixsock``: the socket file: directory, private bind and publish, removal, liveness of an
   existing socket, resolution of allowed users and groups.
+- ``warnlimit``: ``WarningLimiter``: the per-peer limit on warnings a client can cause.
 - ``exchange``: one request's answer under its deadline, and writing replies.
 - ``server``: ``ControlServer``: connections, peer credentials, limits, reload, close.
 - ``client``: ``request``/``request_sync``/``ControlConnection`` for tools and tests.

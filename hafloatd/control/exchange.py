@@ -3,7 +3,8 @@
 ``dispatch`` runs a parsed request through the handler within the request's own deadline
 (fixed when the request was received) and makes up the reply when the handler overruns,
 raises or returns something that is not a reply. ``send_reply`` writes a reply line with a
-bounded drain; ``send_final`` is the last reply before the server turns a client away.
+bounded drain; ``send_final`` is the last reply before the server turns a client away;
+``HangUps`` closes connections, and aborts those whose client leaves its replies unread.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from hafloatd import logs
 from hafloatd.control.protocol import ControlReply, ControlRequest
+from hafloatd.control.warnlimit import WarningLimiter
 from hafloatd.errors import OCF_ERR_GENERIC, HafloatdError
 
 log = logging.getLogger("hafloatd.control")
@@ -28,8 +30,12 @@ class ControlHandler(Protocol):
     async def handle(self, request: ControlRequest) -> ControlReply: ...
 
 
-async def dispatch(handler: ControlHandler, request: ControlRequest) -> tuple[ControlReply, str]:
-    """The handler's reply and ``"ok"``, or a reply made up here and ``"error"``."""
+async def dispatch(
+    handler: ControlHandler, request: ControlRequest, warnings: WarningLimiter
+) -> tuple[ControlReply, str]:
+    """The handler's reply and ``"ok"``, or a reply made up here and ``"error"``.
+
+    A handler's ``HafloatdError`` is a warning, through ``warnings`` (limited per peer uid)."""
     timeout = asyncio.timeout(request.deadline().remaining())
     try:
         async with timeout:
@@ -48,8 +54,10 @@ async def dispatch(handler: ControlHandler, request: ControlRequest) -> tuple[Co
         log.error("event=control_handler_error op=%s error=%s", request.op, describe(exc))
         return ControlReply.failure(OCF_ERR_GENERIC, f"timeout: {exc or 'no detail'}"), "error"
     except HafloatdError as exc:
-        log.warning(
-            "event=control_handler_failed op=%s ip=%s ocf=%d error=%r",
+        warnings.warn(
+            request.peer.uid,
+            "control_handler_failed",
+            "op=%s ip=%s ocf=%d error=%r",
             request.op,
             request.ip or "-",
             exc.ocf_code,
@@ -122,6 +130,38 @@ async def send_final(
                 if not chunk:
                     break
                 discard_bytes -= len(chunk)
+
+
+class HangUps:
+    """Closes connections; one whose client has not read every reply is aborted after a grace.
+
+    ``StreamWriter.close()`` alone waits until the unread replies are written, which is
+    forever for a client that pipelines requests and never reads: the server no longer counts
+    the connection (max_connections), yet its socket stays open, an fd per such client.
+    """
+
+    def __init__(self) -> None:
+        self._unread: dict[asyncio.WriteTransport, asyncio.TimerHandle] = {}
+
+    def hang_up(self, writer: asyncio.StreamWriter, grace_s: float) -> None:
+        """Close ``writer``; abort it ``grace_s`` later if replies are still unread then."""
+        writer.close()
+        transport = writer.transport
+        if transport.get_write_buffer_size() == 0:
+            return
+
+        def abort() -> None:
+            self._unread.pop(transport, None)
+            transport.abort()
+
+        self._unread[transport] = asyncio.get_running_loop().call_later(grace_s, abort)
+
+    def abort_all(self) -> None:
+        """Abort every connection still waiting for its client to read (at shutdown)."""
+        unread, self._unread = self._unread, {}
+        for transport, handle in unread.items():
+            handle.cancel()
+            transport.abort()
 
 
 def describe(exc: BaseException | None) -> str:

@@ -22,14 +22,17 @@ from typing import Any
 
 from hafloatd.config import ControlConfig
 from hafloatd.control import unixsock
-from hafloatd.control.exchange import ControlHandler, describe, dispatch, send_final, send_reply
-from hafloatd.control.protocol import ControlReply, PeerCred, parse_request
-from hafloatd.errors import (
-    OCF_ERR_ARGS,
-    OCF_ERR_GENERIC,
-    OCF_ERR_PERM,
-    ProtocolError,
+from hafloatd.control.exchange import (
+    ControlHandler,
+    HangUps,
+    describe,
+    dispatch,
+    send_final,
+    send_reply,
 )
+from hafloatd.control.protocol import ControlReply, PeerCred, parse_request
+from hafloatd.control.warnlimit import WarningLimiter
+from hafloatd.errors import OCF_ERR_ARGS, OCF_ERR_GENERIC, OCF_ERR_PERM, ProtocolError
 from hafloatd.metrics import Metrics
 
 log = logging.getLogger("hafloatd.control")
@@ -60,6 +63,9 @@ class ControlServer:
         self._background: set[asyncio.Task[None]] = set()
         self._refusing: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # What a client can make the server warn about, limited per peer uid.
+        self._warnings = WarningLimiter(metrics)
+        self._hang_ups = HangUps()  # closed connections whose client left replies unread
 
     @property
     def socket_path(self) -> str:
@@ -105,6 +111,7 @@ class ControlServer:
                 await asyncio.to_thread(os.unlink, temp_path)
             raise
         self._closing = False
+        self._warnings.start()
         log.info(
             "event=control_listening path=%s mode=%04o group=%s allowed_uids=%s allowed_gids=%s "
             "max_connections=%d",
@@ -153,6 +160,8 @@ class ControlServer:
             await asyncio.wait(remaining, timeout=_CLOSE_TIMEOUT_S)
         if self._background:
             await asyncio.wait(self._background, timeout=_CLOSE_TIMEOUT_S)
+        await self._warnings.close()  # and write what was suppressed and not yet summed up
+        self._hang_ups.abort_all()
         if server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CLOSE_TIMEOUT_S):
@@ -239,8 +248,12 @@ class ControlServer:
             )
             return
         if len(self._connections) >= self._config.max_connections:
-            log.warning(
-                "event=control_connection_rejected reason=busy connections=%d max_connections=%d",
+            peer = _peer_of(writer)
+            self._warnings.warn(
+                -1 if peer is None else peer.uid,
+                "control_connection_rejected",
+                "reason=busy pid=%d connections=%d max_connections=%d",
+                -1 if peer is None else peer.pid,
                 len(self._connections),
                 self._config.max_connections,
             )
@@ -279,46 +292,34 @@ class ControlServer:
             del self._connections[task]
             if self._metrics is not None:
                 self._metrics.control_connections.dec()
-            writer.close()
+            self._hang_ups.hang_up(writer, self._config.read_timeout)
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection
     ) -> None:
-        try:
-            peer = PeerCred.from_socket(writer.get_extra_info("socket"))
-        except (OSError, AttributeError, struct.error) as exc:
-            log.warning(
-                "event=control_peer_denied reason='no peer credentials' error=%s", describe(exc)
-            )
-            self._count("unknown", "denied")
-            await self._send_final(
-                reader,
-                writer,
-                ControlReply.failure(OCF_ERR_PERM, "peer credentials unavailable"),
-            )
-            return
-        conn.peer_pid = peer.pid
-        if not self.peer_allowed(peer):
-            log.warning(
-                "event=control_peer_denied pid=%d uid=%d gid=%d allowed_uids=%s allowed_gids=%s",
-                peer.pid,
-                peer.uid,
-                peer.gid,
+        peer = _peer_of(writer)
+        if peer is None or not self.peer_allowed(peer):
+            shown = peer or PeerCred(pid=-1, uid=-1, gid=-1)  # -1: no peer credentials
+            self._warnings.warn(
+                shown.uid,
+                "control_peer_denied",
+                "pid=%d uid=%d gid=%d allowed_uids=%s allowed_gids=%s",
+                shown.pid,
+                shown.uid,
+                shown.gid,
                 _ids(self._allowed_uids),
                 _ids(self._allowed_gids),
             )
             self._count("unknown", "denied")
-            await self._send_final(
-                reader,
-                writer,
-                ControlReply.failure(OCF_ERR_PERM, f"peer uid={peer.uid} not allowed"),
-            )
+            why = f"peer uid={shown.uid} not allowed" if peer else "peer credentials unavailable"
+            await self._send_final(reader, writer, ControlReply.failure(OCF_ERR_PERM, why))
             return
+        conn.peer_pid = peer.pid
 
         while not self._closing:
             conn.busy = False
             conn.op = "unknown"
-            last = False
+            last = oversize = False
             try:
                 async with asyncio.timeout(self._config.read_timeout):
                     line = await reader.readuntil(b"\n")
@@ -332,27 +333,24 @@ class ControlServer:
             except asyncio.IncompleteReadError as exc:
                 line, last = exc.partial, True  # EOF: serve a final unterminated line
             except asyncio.LimitOverrunError:
-                line = b""
-                conn.busy = True
-                self._count("unknown", "invalid")
-                log.warning(
-                    "event=control_request_invalid pid=%d uid=%d error='line exceeds %d bytes'",
-                    peer.pid,
-                    peer.uid,
-                    self._effective_line_limit(),
-                )
-                await self._send_final(reader, writer, _line_too_long(self._effective_line_limit()))
-                return
+                line, oversize = b"", True  # the stream buffer is full: no newline in sight
             except ConnectionError:
                 return
             conn.busy = True
+            limit = self._effective_line_limit()
+            if oversize or len(line.rstrip(b"\r\n")) > limit:
+                self._count("unknown", "invalid")
+                self._warnings.warn(
+                    peer.uid,
+                    "control_request_invalid",
+                    "pid=%d uid=%d error='line exceeds %d bytes'",
+                    peer.pid,
+                    peer.uid,
+                    limit,
+                )
+                await self._send_final(reader, writer, _line_too_long(limit))
+                return
             if line.strip():
-                if len(line.rstrip(b"\r\n")) > self._effective_line_limit():
-                    self._count("unknown", "invalid")
-                    await self._send_final(
-                        reader, writer, _line_too_long(self._effective_line_limit())
-                    )
-                    return
                 reply = await self._answer(line, peer, conn)
                 if not await send_reply(writer, reply, self._config.read_timeout):
                     return
@@ -364,12 +362,17 @@ class ControlServer:
             request = parse_request(line.strip(), peer)
         except ProtocolError as exc:
             self._count("unknown", "invalid")
-            log.warning(
-                "event=control_request_invalid pid=%d uid=%d error=%r", peer.pid, peer.uid, str(exc)
+            self._warnings.warn(
+                peer.uid,
+                "control_request_invalid",
+                "pid=%d uid=%d error=%r",
+                peer.pid,
+                peer.uid,
+                str(exc),
             )
             return ControlReply.from_error(exc)
         conn.op = request.op
-        reply, result = await dispatch(self._handler, request)
+        reply, result = await dispatch(self._handler, request, self._warnings)
         self._count(request.op, result)
         level = (
             logging.DEBUG
@@ -408,7 +411,7 @@ class ControlServer:
             await self._send_final(reader, writer, reply)
         finally:
             self._refusing.discard(task)
-            writer.close()
+            self._hang_ups.hang_up(writer, self._config.read_timeout)
 
     async def _send_final(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: ControlReply
@@ -435,6 +438,13 @@ class _Connection:
     busy: bool = False  # a request line has been read and not yet answered
     op: str = "unknown"
     peer_pid: int = -1
+
+
+def _peer_of(writer: asyncio.StreamWriter) -> PeerCred | None:
+    try:
+        return PeerCred.from_socket(writer.get_extra_info("socket"))
+    except (OSError, AttributeError, struct.error):
+        return None
 
 
 def _line_too_long(limit: int) -> ControlReply:

@@ -355,6 +355,35 @@ async def test_half_sent_request_is_dropped_after_the_read_timeout(
     assert handler.requests == []
 
 
+async def test_a_client_that_stops_reading_is_cut_off_and_its_socket_closed(
+    make_server: ServerFactory, handler: StandInHandler, metrics: Metrics
+) -> None:
+    # Found by tests/integration/test_control_fuzz.py: the server gave up on such a client
+    # (and stopped counting it against max_connections) but close() waited for the unread
+    # replies to drain, forever: one open fd per client that pipelines requests and never
+    # reads, until the daemon runs out of them.
+    handler.result = ControlReply.success(pad="x" * 10_000)
+    server = await make_server(read_timeout=0.1)
+
+    async def open_fds() -> int:
+        return len(await asyncio.to_thread(os.listdir, "/proc/self/fd"))
+
+    before = await open_fds()
+    _reader, writer = await connect(server.socket_path)
+    try:
+        writer.write(line({"op": "status"}) * 200)  # 2 MB of replies, none of them read
+        await writer.drain()
+        await wait_until(
+            lambda: metrics.registry.get_sample_value("hafloatd_control_connections") == 0,
+            "the server gave up on the client",
+        )
+        async with asyncio.timeout(WAIT_S):
+            while await open_fds() > before + 1:  # the client's end only
+                await asyncio.sleep(0.01)
+    finally:
+        writer.close()
+
+
 async def test_connections_beyond_the_limit_get_an_error_and_are_closed(
     make_server: ServerFactory, metrics: Metrics
 ) -> None:
