@@ -74,6 +74,13 @@ def test_sandbox_is_in_force(unit: Installed) -> None:
     assert "Read-only file system" in write.stderr, write
     proc = unit.c.run("findmnt", "-N", str(pid), "-no", "OPTIONS", "/proc").stdout
     assert "hidepid=invisible" in proc and "subset=pid" in proc, proc
+    # DevicePolicy=closed is a BPF program on the unit's cgroup: this systemd enforces such
+    # programs (a unit allowed /dev/null only cannot read /dev/zero), so it is in force.
+    denied = unit.c.run(
+        "systemd-run", "--quiet", "--pipe", "--wait", "--property=DevicePolicy=strict",
+        "--property=DeviceAllow=/dev/null", "head", "-c1", "/dev/zero", check=False,
+    )  # fmt: skip
+    assert denied.returncode != 0 and "Operation not permitted" in denied.stderr, denied
 
 
 def test_socket_and_files_have_the_documented_owner_and_mode(unit: Installed) -> None:
