@@ -74,6 +74,10 @@ def test_sandbox_is_in_force(unit: Installed) -> None:
     assert "Read-only file system" in write.stderr, write
     proc = unit.c.run("findmnt", "-N", str(pid), "-no", "OPTIONS", "/proc").stdout
     assert "hidepid=invisible" in proc and "subset=pid" in proc, proc
+    # PrivateDevices=yes: a /dev of pseudo devices only (the container's has /dev/console).
+    devices = unit.c.run("nsenter", "-t", str(pid), "-m", "ls", "/dev").stdout.split()
+    assert "null" in devices and "console" not in devices, devices
+    assert "console" in unit.c.run("ls", "/dev").stdout.split()
     # DevicePolicy=closed is a BPF program on the unit's cgroup: this systemd enforces such
     # programs (a unit allowed /dev/null only cannot read /dev/zero), so it is in force.
     denied = unit.c.run(
