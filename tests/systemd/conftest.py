@@ -61,7 +61,8 @@ def installed() -> Iterator[Installed]:
         cache = cache_dir()
         with timed("base root (cached, or debootstrap)"):
             tarball = base_root(cache)
-        with timed("unpack root"):
+        with timed("unpack root (on a tmpfs)"):
+            container.mount_root()
             unpack(tarball, container.root)
         with timed("wheels (hafloatd built, dependencies cached)"):
             build_wheels(CHECKOUT, cache, container.root / "opt/hafloatd/wheels")
@@ -74,9 +75,8 @@ def installed() -> Iterator[Installed]:
             unit.start_lab()
         yield unit
     finally:
-        with timed("teardown: poweroff, host cgroups removed"):
+        with timed("teardown: poweroff, root unmounted, host cgroups removed"):
             left = container.shutdown()
-        with timed("teardown: root removed"):
             left += _remove_workdir(workdir)
     assert left == [], f"the systemd tier left: {left}"
 
@@ -95,7 +95,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def _remove_workdir(workdir: Path) -> list[str]:
-    """Remove the root, unless something is still mounted under it (then say so)."""
+    """Remove the work directory, unless something is still mounted under it (then say so)."""
     with open("/proc/self/mountinfo") as mountinfo:
         mounted = [line.split()[4] for line in mountinfo]
     busy = [m for m in mounted if m == str(workdir) or m.startswith(f"{workdir}/")]

@@ -84,7 +84,7 @@ def base_root(cache: Path, packages: Sequence[str] = PACKAGES) -> Path:
 
 
 def unpack(tarball: Path, root: Path) -> None:
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     _run(["tar", "-C", str(root), "-xf", str(tarball)], timeout_s=120, what="untar the root")
 
 

@@ -32,6 +32,8 @@ CGROUP_HIERARCHIES = ("systemd", "unified")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT_S = 60.0
 POWEROFF_TIMEOUT_S = 20.0
+# The root (~300 MB) and what the tests add (a venv, journals) fit with room to spare.
+ROOT_TMPFS_OPTIONS = "size=2g,mode=0755"
 
 
 class ContainerError(Exception):
@@ -66,6 +68,14 @@ class Container:
         self.log = log
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.leader = 0  # the container's PID 1, as the host sees it
+        self.root_mounted = False
+
+    def mount_root(self) -> None:
+        """An empty tmpfs at ``root`` for the container's files: unpacking the root there takes
+        0.4 s instead of 10-15 s on this disk, and removing it is an unmount."""
+        self.root.mkdir(parents=True)
+        _run_host(["mount", "-t", "tmpfs", "-o", ROOT_TMPFS_OPTIONS, "tmpfs", str(self.root)])
+        self.root_mounted = True
 
     def boot(self) -> float:
         """Start it and wait until systemd says running (or degraded); returns seconds taken."""
@@ -141,7 +151,7 @@ class Container:
 
     def shutdown(self) -> list[str]:
         """Power off (SIGTERM to nspawn = a clean poweroff; a second one: at once; then
-        SIGKILL), remove its cgroups on the host; returns what could not be removed."""
+        SIGKILL), unmount the root, remove its cgroups on the host; returns what is left."""
         left: list[str] = []
         proc = self.nspawn
         if proc is not None and proc.poll() is None:
@@ -160,6 +170,12 @@ class Container:
                 left.append(f"systemd-nspawn pid {proc.pid} still running")
         for hierarchy in CGROUP_HIERARCHIES:
             left += _remove_cgroup(CGROUP_ROOT / hierarchy / self.name)
+        if self.root_mounted:
+            try:
+                _run_host(["umount", str(self.root)])
+                self.root_mounted = False
+            except ContainerError as exc:
+                left.append(str(exc))
         propagate = Path("/run/systemd/nspawn/propagate") / self.name
         if propagate.is_dir():
             try:
@@ -192,6 +208,12 @@ class Container:
             raise ContainerError(
                 f"systemd-nspawn exited {self.nspawn.returncode} while booting:\n{self.tail()}"
             )
+
+
+def _run_host(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise ContainerError(f"{shlex.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
 
 
 def _parent_and_name(proc_dir: Path) -> tuple[int, str] | None:
