@@ -34,6 +34,8 @@ log = logging.getLogger("hafloatd.metadata")
 # Metadata answers are a few bytes; anything larger is not the metadata service.
 MAX_ANSWER_BYTES: Final = 4096
 CACHE_FORMAT_VERSION: Final = 1
+CACHE_FILE_MODE: Final = 0o640
+CACHE_DIR_MODE: Final = 0o750
 
 
 @dataclass(frozen=True)
@@ -362,10 +364,13 @@ def _read_cache_file(path: str) -> DropletIdentity | None:
 
 
 def _write_cache_file(path: str, identity: DropletIdentity) -> None:
-    """Replace the cache in one step (fsutil.write_atomically); creates its directory."""
+    """Replace the cache in one step (fsutil.write_atomically); creates its directory.
+
+    0640 in a 0750 directory, like the role files (roles.py): the daemon and its group only,
+    as docs/systemd.md promises for every file the daemon writes (fchmod ignores the umask)."""
     payload = dict(asdict(identity), version=CACHE_FORMAT_VERSION, fetched_at=int(time.time()))
     content = (json.dumps(payload, sort_keys=True) + "\n").encode("utf-8")
-    write_atomically(path, content, mode=0o644, dir_mode=0o755)
+    write_atomically(path, content, mode=CACHE_FILE_MODE, dir_mode=CACHE_DIR_MODE)
 
 
 def _ipv4_or_none(value: str | None) -> str | None:

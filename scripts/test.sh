@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up (system packages + .venv) and run every check CI runs: ruff, mypy --strict, then the
 # test tiers one after the other, each timed: unit, integration, cluster (a real two-node
-# Pacemaker cluster in namespaces; under CI=true it must run: a missing capability fails it).
+# Pacemaker cluster in namespaces), systemd (the unit run by a real systemd 252 booted in
+# systemd-nspawn; its Debian root is cached in /var/cache/hafloatd-systemd-tier, built on the
+# first run). Under CI=true the last two must run: a missing capability fails them.
 # Every tier runs even when an earlier one failed; exits non-zero on any failure, including a
 # tier that collects no test (pytest exit 5). Arguments, if any, go to one plain pytest run.
 set -euo pipefail
@@ -30,7 +32,7 @@ status=0
 summary=""
 logdir=$(mktemp -d)
 trap 'rm -rf "$logdir"' EXIT
-for tier in unit integration cluster; do
+for tier in unit integration cluster systemd; do
   echo "== pytest tests/$tier"
   began=$(date +%s.%N)
   set +e

@@ -69,7 +69,7 @@ async def test_identity_comes_from_the_metadata_service(
     assert identity == NODE1
 
 
-async def test_identity_is_persisted_atomically_with_mode_0644(
+async def test_identity_is_persisted_atomically_with_mode_0640(
     simulator: Simulator, cache_file: Path
 ) -> None:
     before = int(time.time())
@@ -77,7 +77,9 @@ async def test_identity_is_persisted_atomically_with_mode_0644(
         await client.identity(Deadline.after(5))
     after = int(time.time())
     assert cache_file.parent.is_dir()  # created
-    assert stat.S_IMODE(cache_file.stat().st_mode) == 0o644
+    assert stat.S_IMODE(cache_file.parent.stat().st_mode) == 0o750
+    # no access for others, as the role files and docs/systemd.md (UMask=0027) say
+    assert stat.S_IMODE(cache_file.stat().st_mode) == 0o640
     saved = json.loads(cache_file.read_text())
     assert saved["droplet_id"] == 1002
     assert saved["hostname"] == "node2"
