@@ -32,8 +32,9 @@ RSS, open fds and asyncio tasks (``status``'s ``tasks``) of each daemon are samp
 run. The verdict (exit 1 and why, else 0): RSS growth <= 5 MB, fds (but the HTTP clients'
 bounded pools) and tasks not grown (small tolerance) between a settled sample after the
 warm-up and one after the load; every failover completed; no start or monitor answer
-contradicting the simulator; no Traceback in the daemons' logs; neither daemon died. Every
-process it starts is stopped by its PID.
+contradicting the simulator; no Traceback in the daemons' logs, nor the one-line form their
+own loggers give one (``exc=``, ``event=control_handler_error``, ``level=critical``); neither
+daemon died. Every process it starts is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -184,6 +185,9 @@ class Runner(Load):
             await node.stop()
             lines = node.log().splitlines()
             record.tracebacks = sum(1 for line in lines if "Traceback" in line)
+            for line in lines:
+                if soakcheck.is_bug_line(line):
+                    record.bug_lines.add(line[:300])
             record.warnings = sum(1 for line in lines if line.startswith("level=warning"))
             record.errors = sum(
                 1 for line in lines if line.startswith(("level=error", "level=critical"))

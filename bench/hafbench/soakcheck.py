@@ -190,6 +190,10 @@ class NodeRecord:
     baseline: Sample | None = None  # settled, after the warm-up
     final: Sample | None = None  # settled, after the load
     tracebacks: int = 0
+    # The daemon's own loggers fold a traceback into one line: ``exc="Type: msg at file:N"``
+    # (an exception logged with its frame), ``event=control_handler_error`` (a request answered
+    # "internal error"), ``level=critical`` (a task crashed). Each is a bug.
+    bug_lines: Problems = field(default_factory=Problems)
     warnings: int = 0
     errors: int = 0
     exited: int | None = None  # the daemon's exit status if it died during the soak
@@ -244,6 +248,7 @@ def verdict(soak: Soak) -> list[str]:
             why.append(f"{node.name}: the daemon exited {node.exited} during the soak")
         if node.tracebacks:
             why.append(f"{node.name}: {node.tracebacks} 'Traceback' in the daemon's log")
+        problems(f"{node.name}: exceptions logged as bugs", node.bug_lines)
         if node.baseline is None or node.final is None:
             why.append(f"{node.name}: no settled sample at the start or the end")
             continue
@@ -277,6 +282,14 @@ def verdict(soak: Soak) -> list[str]:
 
 def _mb(kb: int | None) -> str:
     return "-" if kb is None else f"{kb / 1024:.1f}"
+
+
+def is_bug_line(line: str) -> bool:
+    return (
+        " exc=" in line
+        or "event=control_handler_error" in line
+        or line.startswith("level=critical")
+    )
 
 
 def render(soak: Soak, why: list[str], info: dict[str, Any]) -> str:
@@ -348,7 +361,8 @@ def render(soak: Soak, why: list[str], info: dict[str, Any]) -> str:
         )
         rows.append([
             f"{node.name} log",
-            f"{node.tracebacks} Traceback, {node.errors} ERROR, {node.warnings} WARNING lines",
+            f"{node.tracebacks} Traceback, {node.bug_lines.count} bug (exc=, internal error, "
+            f"critical), {node.errors} ERROR, {node.warnings} WARNING lines",
         ])  # fmt: skip
     lines = [
         "# bench/soak",
