@@ -314,14 +314,16 @@ class Load:
     async def sample(self, index: int) -> Sample:
         node = self.daemons[index]
         assert node.pid is not None
-        status = await request(node.socket_path, {"op": "status"}, MONITOR_TIMEOUT_S)
-        return Sample(
-            round(time.monotonic() - self.began, 1),
+        # /proc first: the status connection below is still open in the daemon for a moment
+        # after its reply (it closes on our EOF); counted after, it would be one fd too many.
+        at = round(time.monotonic() - self.began, 1)
+        rss, fds, pooled = (
             rss_kb(node.pid),
             fd_count(node.pid),
-            int(status["tasks"]),
             fds_to_ports(node.pid, self.pool_ports),
         )
+        status = await request(node.socket_path, {"op": "status"}, MONITOR_TIMEOUT_S)
+        return Sample(at, rss, fds, int(status["tasks"]), pooled)
 
     async def sample_loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
