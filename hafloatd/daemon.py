@@ -394,6 +394,9 @@ class Daemon:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 1),
+            # Every task on the loop, this request's own included: flat over a long run
+            # (bench/soak checks it does not grow).
+            "tasks": len(asyncio.all_tasks()),
             "droplet": {
                 "id": identity.droplet_id if identity else None,
                 "hostname": identity.hostname if identity else None,

@@ -58,6 +58,16 @@ if [ "$bench_smoke" = 1 ]; then
   took=$(awk -v a="$(date +%s.%N)" -v b="$began" 'BEGIN{printf "%.1f", a-b}')
   summary+=$(printf '%-12s %7ss  exit %s' "bench smoke" "$took" "$rc")$'\n'
   [ "$rc" = 0 ] || status=1
+  # bench/soak's one-minute smoke (about 70 s): two daemons, monitors, failovers, faults.
+  echo "== bench/soak --duration 60"
+  began=$(date +%s.%N)
+  set +e
+  bench/soak --duration 60 --output "$logdir/soak.md"
+  rc=$?
+  set -e
+  took=$(awk -v a="$(date +%s.%N)" -v b="$began" 'BEGIN{printf "%.1f", a-b}')
+  summary+=$(printf '%-12s %7ss  exit %s' "soak smoke" "$took" "$rc")$'\n'
+  [ "$rc" = 0 ] || status=1
 fi
 echo "== tier times"
 printf '%s' "$summary"

@@ -194,6 +194,24 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fds_to_ports(pid: int, ports: set[int]) -> int:
+    """Open fds of ``pid`` that are TCP connections to one of ``ports`` (on any address): the
+    connections an HTTP client keeps pooled, bounded by its pool's size."""
+    remote: dict[str, int] = {}  # socket inode -> remote port
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                remote[fields[9]] = int(fields[2].rsplit(":", 1)[1], 16)
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:[") and remote.get(target[8:-1]) in ports:
+                count += 1
+    return count
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()

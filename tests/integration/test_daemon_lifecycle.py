@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 import yaml
 
+from hafloatd.control.client import request
 from hafloatd.lab.nodes import (
     REPO,
     DaemonNode,
@@ -125,6 +126,39 @@ async def test_status_reports_role_holder_timeline_and_token_state(
     assert IP in table
     assert "started" in table
     assert "holder_confirmed+" in table
+
+
+async def test_status_counts_the_loop_tasks_and_requests_leave_none_behind(
+    simulator: Simulator, node1: DaemonNode
+) -> None:
+    """``tasks`` (what bench/soak watches for a leak): present, sane, and back where it was
+    once 400 monitors and statuses on their own connections, a stop and a start are answered."""
+    await node1.start()
+    assert (await node1.agent("start")).rc == 0
+
+    async def tasks() -> int:
+        reply = await request(node1.socket_path, {"op": "status"}, 5)
+        count = reply["tasks"]
+        assert isinstance(count, int) and not isinstance(count, bool), reply
+        return count
+
+    before = await tasks()
+    # This request's own connection task and the daemon's own loops; far fewer than 64.
+    assert 2 <= before <= 64, before
+    monitor = {"op": "monitor", "ip": IP, "resource": "FloatIP", "node": "node1"}
+    for _ in range(20):
+        replies = await asyncio.gather(
+            *(request(node1.socket_path, monitor, 5) for _ in range(18)),
+            *(request(node1.socket_path, {"op": "status"}, 5) for _ in range(2)),
+        )
+        assert all(reply["ok"] for reply in replies), replies
+    assert (await node1.agent("stop")).rc == 0
+    assert (await node1.agent("start")).rc == 0
+    # Work just answered may still be unwinding (a connection closing): give it a moment.
+    settle_by = asyncio.get_running_loop().time() + 5
+    while (after := await tasks()) > before and asyncio.get_running_loop().time() < settle_by:
+        await asyncio.sleep(0.05)
+    assert after <= before, f"tasks {before} before the requests, {after} after"
 
 
 async def test_health_failure_notifies_pacemaker_at_once(
