@@ -161,12 +161,7 @@ class DaemonNode:
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
-        self.proc = None
-        self.terminating = False
-        if self.notify is not None:
-            self.notify.close()
-            self.notify = None
-        return proc.returncode
+        return self._ended(proc)
 
     async def stop(self, timeout: float = 10.0) -> int | None:
         proc = self.proc
@@ -180,6 +175,10 @@ class DaemonNode:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        return self._ended(proc)
+
+    def _ended(self, proc: asyncio.subprocess.Process) -> int | None:
+        """Forget the process that ended (its notify socket too); its exit status."""
         self.proc = None
         self.terminating = False
         if self.notify is not None:

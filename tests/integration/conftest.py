@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,18 @@ from hafloatd.lab.nodes import (
     stand_in_web,
 )
 from hafloatd.lab.sim import Simulator
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A short directory (``sun_path`` is 107 bytes) that ``nobody`` may traverse: pytest's
+    ``tmp_path`` is private to root. ``/tmp/hft-XXXX``, mode 0711."""
+    directory = Path(tempfile.mkdtemp(prefix="hft-", dir="/tmp"))
+    directory.chmod(0o711)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -34,10 +34,8 @@ import asyncio
 import os
 import pwd
 import random
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -77,17 +75,6 @@ WINDOW_S = 60.0
 IP = corpus.CONFIGURED
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    # sun_path is 107 bytes, and nobody must traverse it: /tmp/hfz-XXXX, mode 0711.
-    directory = Path(tempfile.mkdtemp(prefix="hfz-", dir="/tmp"))
-    directory.chmod(0o711)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def nobody_available() -> bool:
     if os.geteuid() != 0:
         return False
@@ -100,10 +87,10 @@ def nobody_available() -> bool:
 
 @pytest.fixture
 async def daemon(
-    simulator: Simulator, tmp_path: Path, short_dir: Path
+    simulator: Simulator, tmp_path: Path, nobody_dir: Path
 ) -> AsyncIterator[DaemonNode]:
     control = {
-        "socket_path": str(short_dir / "run" / "control.sock"),
+        "socket_path": str(nobody_dir / "run" / "control.sock"),
         "read_timeout": f"{int(READ_TIMEOUT_S * 1000)}ms",
         "max_connections": MAX_CONNECTIONS,
         "allowed_users": ["root"],

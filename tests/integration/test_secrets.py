@@ -22,12 +22,10 @@ import grp
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +66,6 @@ def leaks(text: str | bytes) -> list[str]:
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
-    """A short directory ``nobody`` may traverse (pytest's tmp_path is private to root)."""
-    directory = Path(tempfile.mkdtemp(prefix="hfs-", dir="/tmp"))
-    directory.chmod(0o711)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
 async def sim(make_simulator: MakeSimulator) -> Simulator:
     return await make_simulator(default_scenario(tokens=(CANARY,)))
 
@@ -93,7 +80,7 @@ async def nodes() -> AsyncIterator[list[DaemonNode]]:
 
 def token_file_node(
     sim: Simulator,
-    base: Path,
+    nobody_dir: Path,
     nodes: list[DaemonNode],
     *,
     token_mode: int = 0o600,
@@ -102,9 +89,10 @@ def token_file_node(
     """Droplet 1001's daemon reading the token from a file (``api.token_file``, or a systemd
     credential in ``$CREDENTIALS_DIRECTORY``), logging at debug level; its socket (0660,
     group nogroup) reachable by ``nobody``, whom only the peer check refuses."""
-    (base / "node1" / "credentials").mkdir(mode=0o700, parents=True)
-    (base / "node1").chmod(0o755)
-    token_file = base / "node1" / ("credentials/do-token" if source == "credential" else "do-token")
+    (nobody_dir / "node1" / "credentials").mkdir(mode=0o700, parents=True)
+    (nobody_dir / "node1").chmod(0o755)
+    name = "credentials/do-token" if source == "credential" else "do-token"
+    token_file = nobody_dir / "node1" / name
     token_file.write_text(CANARY + "\n")
     token_file.chmod(token_mode)
     api: dict[str, Any] = {"token_source": source}
@@ -114,7 +102,7 @@ def token_file_node(
         sim,
         "node1",
         ME,
-        base,
+        nobody_dir,
         extra={"api": api, "control": {"group": "nogroup"}, "logging": {"level": "debug"}},
     )
     del node.env["HAFLOATD_DO_TOKEN"]
@@ -171,9 +159,9 @@ async def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("source", ["file", "credential"])
 async def test_the_token_appears_nowhere(
-    sim: Simulator, base: Path, nodes: list[DaemonNode], source: str
+    sim: Simulator, nobody_dir: Path, nodes: list[DaemonNode], source: str
 ) -> None:
-    node, token_file = token_file_node(sim, base, nodes, source=source)
+    node, token_file = token_file_node(sim, nobody_dir, nodes, source=source)
     await node.start()
     assert node.pid is not None
     shown: dict[str, str | bytes] = {}  # where -> what was shown there
@@ -282,9 +270,9 @@ async def test_the_token_appears_nowhere(
     ids=["0644", "0640", "owned by nobody", "0604 owned by nobody"],
 )
 async def test_an_unsafe_token_file_stops_the_daemon_with_the_command_that_fixes_it(
-    sim: Simulator, base: Path, nodes: list[DaemonNode], mode: int, owner: str, fix: str
+    sim: Simulator, nobody_dir: Path, nodes: list[DaemonNode], mode: int, owner: str, fix: str
 ) -> None:
-    node, token_file = token_file_node(sim, base, nodes, token_mode=mode)
+    node, token_file = token_file_node(sim, nobody_dir, nodes, token_mode=mode)
     account = pwd.getpwnam(owner)
     os.chown(token_file, account.pw_uid, account.pw_gid)
     await node.start(wait_ready=False)
@@ -321,9 +309,9 @@ def run_as(user: str, argv: list[str], env: dict[str, str]) -> subprocess.Comple
 
 
 async def test_a_peer_that_is_not_allowed_is_refused_and_told_why(
-    sim: Simulator, base: Path, nodes: list[DaemonNode]
+    sim: Simulator, nobody_dir: Path, nodes: list[DaemonNode]
 ) -> None:
-    node, _token_file = token_file_node(sim, base, nodes)
+    node, _token_file = token_file_node(sim, nobody_dir, nodes)
     await node.start()
     uid = pwd.getpwnam("nobody").pw_uid
     ocf_env = {
