@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (system packages + .venv) and run every check CI runs: ruff, mypy --strict, then the
-# test tiers one after the other, each timed: unit, integration, cluster (a real two-node
+# test tiers one after the other, each timed (the model-based test of the truth runs beside
+# unit and integration): unit, integration, cluster (a real two-node
 # Pacemaker cluster in namespaces), systemd (the unit run by a real systemd 252 booted in
 # systemd-nspawn; its Debian root is cached in /var/cache/hafloatd-systemd-tier, built on the
 # first run). Under CI=true the last two must run: a missing capability fails them.
@@ -31,43 +32,61 @@ fi
 status=0
 summary=""
 logdir=$(mktemp -d)
-trap 'rm -rf "$logdir"' EXIT
-for tier in unit integration cluster systemd; do
-  echo "== pytest tests/$tier"
+background=()
+cleanup() {
+  for pid in "${background[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$logdir"
+}
+trap cleanup EXIT
+seconds_since() { awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN{printf "%.1f", a-b}'; }
+record() {  # NAME BEGAN RC: one line of the closing summary
+  summary+=$(printf '%-12s %7ss  exit %s' "$1" "$(seconds_since "$2")" "$3")$'\n'
+  [ "$3" = 0 ] || status=1
+}
+step() {  # NAME COMMAND...: run, tee to the log directory (*.log: pytest's, summed up at the end), time
+  local name=$1 log began rc
+  shift
+  log="$logdir/${name// /-}.$([ "$1" = pytest_tier ] && echo log || echo txt)"
+  echo "== $name"
   began=$(date +%s.%N)
   set +e
-  .venv/bin/pytest -p no:cacheprovider "tests/$tier" 2>&1 | tee "$logdir/$tier.log"
+  "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
-  took=$(awk -v a="$(date +%s.%N)" -v b="$began" 'BEGIN{printf "%.1f", a-b}')
-  summary+=$(printf '%-12s %7ss  exit %s' "$tier" "$took" "$rc")$'\n'
-  [ "$rc" = 0 ] || status=1
-done
+  record "$name" "$began" "$rc"
+}
+pytest_tier() { .venv/bin/pytest -p no:cacheprovider "$@"; }
+
+# Two long, mostly waiting jobs run beside the unit and integration tiers on this 2-core
+# machine: the model-based test of the truth (500 examples under CI, its own pytest
+# process and log, printed when it ends) and, for the systemd tier, the Debian root it
+# boots (debootstrap, about a minute on a cold cache; the tier waits on the cache's lock).
+model=tests/integration/test_truth_model.py
+model_began=$(date +%s.%N)
+( set +e; pytest_tier "$model" >"$logdir/model.log" 2>&1; echo $? >"$logdir/model.rc" ) &
+background+=($!)
+( .venv/bin/python -c 'from tests.systemd.image import base_root, cache_dir; base_root(cache_dir())' \
+    >"$logdir/systemd-root.txt" 2>&1 || true ) &
+background+=($!)
+
+step unit pytest_tier tests/unit
+step integration pytest_tier tests/integration --ignore "$model"
+echo "== $model (ran beside the tiers above)"
+wait "${background[0]}" || true
+cat "$logdir/model.log"
+record "model" "$model_began" "$(cat "$logdir/model.rc" 2>/dev/null || echo 1)"
+wait "${background[1]}" || true
+step cluster pytest_tier tests/cluster
+step systemd pytest_tier tests/systemd
 # Benchmarks are not tests, but one repetition of each runs here so they cannot rot: under
-# CI=true, or locally with HAFLOATD_BENCH_SMOKE=1 (as root, about 3 minutes). The report goes
+# CI=true, or locally with HAFLOATD_BENCH_SMOKE=1 (as root, about 4 minutes). The reports go
 # to the log directory, never over docs/benchmarks.md.
 bench_smoke=${HAFLOATD_BENCH_SMOKE:-0}
 case "${CI:-}" in true|TRUE|1|yes) bench_smoke=1 ;; esac
 if [ "$bench_smoke" = 1 ]; then
-  echo "== bench/run --quick"
-  began=$(date +%s.%N)
-  set +e
-  bench/run --quick --output "$logdir/benchmarks.md"
-  rc=$?
-  set -e
-  took=$(awk -v a="$(date +%s.%N)" -v b="$began" 'BEGIN{printf "%.1f", a-b}')
-  summary+=$(printf '%-12s %7ss  exit %s' "bench smoke" "$took" "$rc")$'\n'
-  [ "$rc" = 0 ] || status=1
+  step "bench smoke" bench/run --quick --output "$logdir/benchmarks.md"
   # bench/soak's one-minute smoke (about 70 s): two daemons, monitors, failovers, faults.
-  echo "== bench/soak --duration 60"
-  began=$(date +%s.%N)
-  set +e
-  bench/soak --duration 60 --output "$logdir/soak.md"
-  rc=$?
-  set -e
-  took=$(awk -v a="$(date +%s.%N)" -v b="$began" 'BEGIN{printf "%.1f", a-b}')
-  summary+=$(printf '%-12s %7ss  exit %s' "soak smoke" "$took" "$rc")$'\n'
-  [ "$rc" = 0 ] || status=1
+  step "soak smoke" bench/soak --duration 60 --output "$logdir/soak.md"
 fi
 echo "== tier times"
 printf '%s' "$summary"
