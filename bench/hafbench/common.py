@@ -327,8 +327,10 @@ def daemon_config(
     health_url: str | None = None,
     health_interval: str = "2s",
     metrics: bool = True,
+    holder_check_interval: str | None = None,
 ) -> dict[str, Any]:
-    """A droplet's hafloatd.yaml: production defaults except the endpoints, paths and access."""
+    """A droplet's hafloatd.yaml: production defaults except the endpoints, paths and access
+    (and ``api.holder_check_interval`` when given)."""
     workdir.mkdir(parents=True, exist_ok=True)
     token_file = workdir / "do-token"
     token_file.write_text(TOKEN + "\n")
@@ -340,6 +342,8 @@ def daemon_config(
     }
     if sim.ca_file:
         api["ca_file"] = sim.ca_file
+    if holder_check_interval:
+        api["holder_check_interval"] = holder_check_interval
     config: dict[str, Any] = {
         "ips": [{"address": RESERVED_IP}],
         "api": api,

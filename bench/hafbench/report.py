@@ -542,7 +542,8 @@ the floor measured in that round), so that drift on a shared machine cancels out
 
 1. **Start latency** (`start.py`): the simulator (action delay 0) and one `hafloatd run` for
    droplet 1002; before each start the IP is put back on droplet 1001 and the daemon is
-   waited for until it sees that from the API, as a failover's survivor does. The agents are
+   waited for until it sees that from the API, as a failover's survivor does (its holder
+   check every 2 s here instead of 2 min, so that view arrives within 2 s). The agents are
    spawned with Pacemaker's environment; times are CLOCK_MONOTONIC (the simulator stamps
    each request with it). The link case runs the daemon and the agents in one network
    namespace and the simulated API in another, joined by `bench/tools/delaylink` (25 ms each
