@@ -28,12 +28,13 @@ import random
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+T = TypeVar("T")
 CONFIGURED = "203.0.113.10"  # the daemon's one IP, never started during the fuzz
 DROPLET_ID = 1001
 MAX_LINE_BYTES = 65536  # the daemon's default control.max_line_bytes
@@ -294,7 +295,15 @@ def generate_lines(count: int, seed: int | None = None) -> list[Line]:
     """``count`` request lines made by hypothesis; the same list on every call unless ``seed``
     is given. Drawing costs hypothesis a few milliseconds a line: the fuzz sends each of these
     lines several times, in new company (``assemble``)."""
-    lines: list[Line] = []
+    lines = _draw(request_line(), count, seed)
+    assert len(lines) == count, f"generated {len(lines)} of {count} lines"
+    return lines
+
+
+def _draw(strategy: st.SearchStrategy[T], count: int, seed: int | None) -> list[T]:
+    """Up to ``count`` examples of ``strategy``, generated (no shrinking, no database) from
+    ``seed`` (``DEFAULT_SEED`` when None)."""
+    found: list[T] = []
 
     @settings(
         max_examples=count,
@@ -304,14 +313,13 @@ def generate_lines(count: int, seed: int | None = None) -> list[Line]:
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(request_line())
-    def collect(line: Line) -> None:
-        if len(lines) < count:
-            lines.append(line)
+    @given(strategy)
+    def collect(example: T) -> None:
+        if len(found) < count:
+            found.append(example)
 
     hypothesis_seed(DEFAULT_SEED if seed is None else seed)(collect)()
-    assert len(lines) == count, f"generated {len(lines)} of {count} lines"
-    return lines
+    return found
 
 
 def assemble(pool: list[Line], target_lines: int, rng: random.Random) -> list[Case]:
@@ -337,23 +345,7 @@ def assemble(pool: list[Line], target_lines: int, rng: random.Random) -> list[Ca
 
 def generate_raw(count: int, seed: int | None = None) -> list[bytes]:
     """``count`` random byte strings (lines are whatever their newlines make them)."""
-    found: list[bytes] = []
-
-    @settings(
-        max_examples=count,
-        database=None,
-        derandomize=False,
-        deadline=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(st.binary(min_size=1, max_size=2000))
-    def collect(data: bytes) -> None:
-        if len(found) < count:
-            found.append(data)
-
-    hypothesis_seed(DEFAULT_SEED if seed is None else seed)(collect)()
-    return found
+    return _draw(st.binary(min_size=1, max_size=2000), count, seed)
 
 
 async def generate_apart(
