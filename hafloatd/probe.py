@@ -31,6 +31,7 @@ import aiohttp
 from hafloatd import __version__
 from hafloatd.config import HealthConfig
 from hafloatd.httpio import read_limited
+from hafloatd.logs import kv
 from hafloatd.metrics import Metrics
 
 log = logging.getLogger("hafloatd.probe")
@@ -275,15 +276,15 @@ class HealthProbe:
         level = logging.INFO if new is HealthState.UP else logging.WARNING
         log.log(
             level,
-            "probe_transition from=%s to=%s url=%s consecutive_ok=%d consecutive_fail=%d "
-            "last_status=%s last_error=%r",
+            "event=probe_transition from=%s to=%s url=%s consecutive_ok=%d consecutive_fail=%d "
+            "last_status=%s last_error=%s",
             old.value,
             new.value,
-            self._config.url,
+            kv(self._config.url),
             self.consecutive_ok,
             self.consecutive_fail,
             self.last_status,
-            self.last_error,
+            kv(self.last_error or ""),
         )
         if self._metrics is not None:
             self._metrics.probe_up.set(1 if new is HealthState.UP else 0)

@@ -363,7 +363,7 @@ class ApiTransport:
         if self.token_valid is not valid:
             log.log(
                 logging.INFO if valid else logging.ERROR,
-                "api_token_valid valid=%s previous=%s",
+                "event=api_token_valid valid=%s previous=%s",
                 str(valid).lower(),
                 "unknown" if self.token_valid is None else str(self.token_valid).lower(),
             )
