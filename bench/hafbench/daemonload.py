@@ -63,7 +63,7 @@ def _event_loop_runner() -> Callable[[Any], Any]:
         import uvloop  # noqa: PLC0415
     except ImportError:
         return asyncio.run
-    return uvloop.run  # type: ignore[no-any-return]
+    return uvloop.run
 
 
 async def _drive(

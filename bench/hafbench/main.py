@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures")
     parser.add_argument(
-        "--reps", type=int, default=None, help="rounds of start (20) and monitor (200)"
+        "--reps", type=int, default=None, help="rounds of start (40) and monitor (200)"
     )
     parser.add_argument("--crash-rounds", type=int, default=None, help="node crashes (10)")
     parser.add_argument(
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda number, _frame: sys.exit(128 + number))
     quick = args.quick
-    reps_start = args.reps or (1 if quick else 20)
+    reps_start = args.reps or (1 if quick else 40)
     reps_monitor = args.reps or (1 if quick else 200)
     crash_rounds = args.crash_rounds or (1 if quick else 10)
     rounds = args.rounds or (1 if quick else 3)

@@ -120,10 +120,10 @@ def run(
                 "requests_per_call": requests / len(row.windows) if row.windows else None,
             }
         )
-    agent, floor = rows[0], rows[2]
+    agent_row, floor_row = rows[0], rows[2]
     over_floor = {
         what: stats(
-            [a - f for a, f in zip(getattr(agent, what), getattr(floor, what), strict=True)]
+            [a - f for a, f in zip(getattr(agent_row, what), getattr(floor_row, what), strict=True)]
         )
         for what in ("wall_ms", "cpu_ms")
     }

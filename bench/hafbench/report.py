@@ -157,7 +157,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
             unit_why = (
                 "the daemon's start path before the POST (see its timeline in `hafloatd status`)"
                 if what == "daemon side"
-                else "agent start-up above the bare interpreter, plus the control round trip"
+                else "see the split of exec -> POST in section 1: agent, daemon, the POST's way"
             )
             add(
                 f"start {what}, {case['name']}",
@@ -299,7 +299,11 @@ def _start(cases: list[dict[str, Any]]) -> list[str]:
         "the simulator receives the assign POST. exec -> exit: spawned -> reaped; "
         "hafloatd's agent returns once the IP has moved (the action completed, confirmed "
         "by the action or the metadata), the baseline's as soon as it was told "
-        "`in-progress`.",
+        "`in-progress`. The floor of a round is the mean of `python3 -I -S -c pass` spawned "
+        "just before and just after hafloatd's agent (after one uncounted spawn); hafloatd's "
+        "exec -> POST is split (wall clock) into the agent's part, the daemon's, and the "
+        "POST's way through aiohttp's client, loopback or the link, and the simulator's "
+        "server up to its arrival stamp.",
         "",
     ]
     for case in cases:
@@ -314,8 +318,18 @@ def _start(cases: list[dict[str, Any]]) -> list[str]:
                 *["-"] * 4,
             ],
             [
-                "hafloatd daemon side: request received -> POST sent",
+                "of which the agent: exec -> request received by the daemon",
+                *_ms(case.get("agent_side")),
+                *["-"] * 4,
+            ],
+            [
+                "the daemon: request received -> POST sent",
                 *_ms(case["daemon_side"], 3),
+                *["-"] * 4,
+            ],
+            [
+                "the POST: sent -> received by the simulator",
+                *_ms(case.get("post_way")),
                 *["-"] * 4,
             ],
         ]
@@ -545,7 +559,12 @@ the floor measured in that round), so that drift on a shared machine cancels out
    waited for until it sees that from the API, as a failover's survivor does (its holder
    check every 2 s here instead of 2 min, so that view arrives within 2 s). The agents are
    spawned with Pacemaker's environment; times are CLOCK_MONOTONIC (the simulator stamps
-   each request with it). The link case runs the daemon and the agents in one network
+   each request with it). The round's floor is the mean of two bare interpreters spawned just
+   before and just after hafloatd's agent, all three after one uncounted spawn: the first
+   spawn after the reset's idle wait is ~0.4 ms slower than one right after another, so a
+   floor taken elsewhere in the round, or first, biased the difference either way. The split of
+   exec -> POST uses the wall clock: the spawn, the daemon's failover timeline (`status`)
+   and the simulator's stamp. The link case runs the daemon and the agents in one network
    namespace and the simulated API in another, joined by `bench/tools/delaylink` (25 ms each
    way; this kernel has no netem), with the metadata service local to the client side.
    The baseline loads requests' CA bundle plus the simulator's CA, as it would load the

@@ -9,7 +9,15 @@ the daemon's own view is the one a survivor has in a failover: "held by 1001" fr
 fresh (its holder check runs every 2 s here, so that view arrives within 2 s of the move).
 Wall times are CLOCK_MONOTONIC: the spawn, the simulator's arrival stamp of the POST
 (``received_monotonic``), the reap. The daemon side (control request received -> POST sent)
-is the daemon's own failover timeline (``status``).
+is the daemon's own failover timeline (``status``); with the spawn and the simulator's stamps
+on the wall clock it splits exec -> POST into the agent's part (exec -> request received by
+the daemon), the daemon's and the POST's way to the simulator (aiohttp's client, the wire,
+the simulator's server up to its stamp).
+
+The floor of a round is the mean of two ``python3 -I -S -c pass`` spawned just before and just
+after the agent, all three after one more spawn that is not counted: the first spawn after the
+reset's idle wait is slower (by ~0.4 ms here) than one right after another, so a floor taken
+elsewhere in the round, or first, would favour one side.
 
 On the link, the metadata service is local to the client namespace (as 169.254.169.254 is to
 a droplet) and does not follow the move: hafloatd learns that its action completed by polling
@@ -79,7 +87,11 @@ class CaseResult:
     hafloatd: Row = field(default_factory=Row)
     baseline: Row = field(default_factory=Row)
     floor_ms: list[float] = field(default_factory=list)
+    # hafloatd's exec -> POST in three parts (wall clock): exec -> request received by the
+    # daemon, received -> POST sent (the daemon side), POST sent -> received by the simulator
+    agent_ms: list[float] = field(default_factory=list)
     daemon_ms: list[float] = field(default_factory=list)
+    post_way_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -88,7 +100,9 @@ class CaseResult:
             "hafloatd": self.hafloatd.summary(),
             "baseline": self.baseline.summary(),
             "floor": stats(self.floor_ms),
+            "agent_side": stats(self.agent_ms),
             "daemon_side": stats(self.daemon_ms),
+            "post_way": stats(self.post_way_ms),
             # exec -> POST minus the floor of the same round: drift on a shared machine
             # cancels out of each pair.
             "post_over_floor": stats(
@@ -164,6 +178,7 @@ def _setup(procs: Procs, workdir: Path, number: int) -> Iterator[Setup]:
 def _measure(setup: Setup, agent: Path, reps: int, result: CaseResult) -> None:
     sim, daemon = setup.sim, setup.daemon
     floor_argv = [interpreter_of(agent), "-I", "-S", "-c", "pass"]
+    floor_env = {"PATH": "/usr/bin:/bin"}
     hafloat_start = hafloat_env("start", daemon.socket_path)
     hafloat_stop = hafloat_env("stop", daemon.socket_path)
     baseline_start = baseline_env("start", setup.metadata_url, sim.api_url, setup.ca_bundle)
@@ -194,16 +209,24 @@ def _measure(setup: Setup, agent: Path, reps: int, result: CaseResult) -> None:
 
         wait_until(survivor_view, 20, "the daemon to see the IP on droplet 1001", 0.05)
         seq = sim.last_seq()
+        run_timed(floor_argv, floor_env)  # not counted: wakes the machine from the wait
+        floor_before = run_timed(floor_argv, floor_env)
+        wall_offset = time.time() - time.monotonic()
         timed = run_timed([str(agent), "start"], hafloat_start, output=log)
+        floor_after = run_timed(floor_argv, floor_env)
         if timed.rc != 0:
             raise BenchError(f"hafloat start exited {timed.rc}: see {log}")
         post = _post_after(sim, seq, timed)
         timeline = daemon.ip_status().get("last_failover") or {}
         if keep:
             _record(result.hafloatd, timed, post)
+            result.floor_ms.append((floor_before.wall_ms + floor_after.wall_ms) / 2)
             received, sent = timeline.get("received"), timeline.get("post_sent")
             if isinstance(received, int | float) and isinstance(sent, int | float):
+                exec_wall = timed.started + wall_offset
+                result.agent_ms.append((received - exec_wall) * 1000.0)
                 result.daemon_ms.append((sent - received) * 1000.0)
+                result.post_way_ms.append((float(post["received_at"]) - sent) * 1000.0)
 
     def baseline_once(keep: bool) -> None:
         reset()
@@ -213,12 +236,7 @@ def _measure(setup: Setup, agent: Path, reps: int, result: CaseResult) -> None:
         if keep:
             _record(result.baseline, timed, post)
 
-    def floor_once(keep: bool) -> None:
-        timed = run_timed(floor_argv, {"PATH": "/usr/bin:/bin"})
-        if keep:
-            result.floor_ms.append(timed.wall_ms)
-
-    steps = [hafloatd_once, baseline_once, floor_once]
+    steps = [hafloatd_once, baseline_once]
     for step in steps:  # warm-up: page cache, connections, the simulator's first requests
         step(False)
     for number in range(reps):
