@@ -363,7 +363,8 @@ def _start(cases: list[dict[str, Any]]) -> list[str]:
         lines += [
             "",
             f"POST answers seen: {statuses}; most API requests between exec and the POST: "
-            f"{before}.",
+            f"{before} (hafloatd's background holder check, every 2 s here, now and then falls "
+            "in that window; a start that looked first would show in its daemon side).",
             "",
         ]
     return lines
