@@ -9,6 +9,7 @@ nothing from the daemon's side: it writes YAML and talks to processes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -16,7 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,36 +35,53 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@dataclass
 class NotifySocket:
-    """A real sd_notify datagram socket; collects every message the daemon sends."""
+    """A real sd_notify datagram socket, read as each message arrives (as systemd does), so a
+    long-lived daemon never finds it full; keeps the last ``KEPT`` messages."""
 
-    path: str
-    sock: socket.socket
-    messages: list[str] = field(default_factory=list)
+    KEPT = 1000
+
+    def __init__(self, path: str, sock: socket.socket) -> None:
+        self.path = path
+        self.sock = sock
+        self.messages: collections.deque[str] = collections.deque(maxlen=self.KEPT)
+        self._arrived = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._read)
 
     @classmethod
     def bind(cls, path: str) -> NotifySocket:
+        """Bind ``path`` and read it on the running event loop until ``close``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.setblocking(False)
-        return cls(path, sock)
+        try:
+            sock.bind(path)
+            sock.setblocking(False)
+            return cls(path, sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _read(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                self.messages.append(self.sock.recv(65536).decode(errors="replace"))
+        self._arrived.set()
 
     async def wait_for(self, needle: str, timeout: float = 15.0) -> str:
-        """Wait for a message containing ``needle`` (searching ones already received first)."""
-        loop = asyncio.get_running_loop()
+        """Wait for a message containing ``needle`` (searching ones already received first);
+        the message found is taken out."""
         async with asyncio.timeout(timeout):
-            seen = 0
             while True:
-                for message in self.messages[seen:]:
+                for message in self.messages:
                     if needle in message:
                         self.messages.remove(message)
                         return message
-                seen = len(self.messages)
-                data = await loop.sock_recv(self.sock, 65536)
-                self.messages.append(data.decode())
+                self._arrived.clear()
+                await self._arrived.wait()
 
     def close(self) -> None:
+        if self.sock.fileno() >= 0 and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
 
 

@@ -61,6 +61,26 @@ async def test_ready_status_and_watchdog_pings_reach_notify_socket(node1: Daemon
     await node1.notify.wait_for("WATCHDOG=1", timeout=5)
 
 
+async def test_the_lab_reads_every_notify_message_so_a_long_lived_daemon_drops_none(
+    node1: DaemonNode,
+) -> None:
+    """The lab's notify socket is read as messages arrive, as systemd reads its own: nobody
+    waiting on it, 30 watchdog pings (3x the kernel's datagram queue of 10 here) all arrive,
+    and the daemon never finds the socket full (it logged sd_notify_dropped when it did)."""
+    node1.env["WATCHDOG_USEC"] = "200000"  # a ping every 0.1 s
+    await node1.start()
+    notify = node1.notify
+    assert notify is not None
+
+    def pings() -> int:
+        return sum("WATCHDOG=1" in message for message in notify.messages)
+
+    async with asyncio.timeout(15):
+        while pings() < 30:
+            await asyncio.sleep(0.05)
+    assert "sd_notify_dropped" not in node1.log()
+
+
 async def test_sighup_reload_applies_new_ips_and_rejects_bad_config(
     simulator: Simulator, node1: DaemonNode
 ) -> None:
