@@ -47,4 +47,3 @@ def test_formatter_keeps_a_record_with_an_exception_on_one_line() -> None:
     line = KeyValueFormatter().format(record)
     assert "\n" not in line
     assert line.startswith('level=error logger=hafloatd.x event=a b exc="OSError: disk full at ')
-
