@@ -47,7 +47,7 @@ class NotifySocket:
         self.messages: collections.deque[str] = collections.deque(maxlen=self.KEPT)
         self._arrived = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._read)
+        self._loop.add_reader(sock.fileno(), self.read_pending)
 
     @classmethod
     def bind(cls, path: str) -> NotifySocket:
@@ -61,7 +61,8 @@ class NotifySocket:
             sock.close()
             raise
 
-    def _read(self) -> None:
+    def read_pending(self) -> None:
+        """Take in every message that has arrived (the event loop calls this as they do)."""
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while True:
                 self.messages.append(self.sock.recv(65536).decode(errors="replace"))

@@ -12,7 +12,6 @@ its PYTHONPATH) that plants one in a dependency of the loop under test, armed by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,9 +108,7 @@ async def wait_exit(node: DaemonNode, timeout: float = EXIT_TIMEOUT_S) -> int:
 
 def received(notify: NotifySocket) -> list[str]:
     """Every sd_notify message the daemon sent so far (the socket is read to the end)."""
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            notify.messages.append(notify.sock.recv(65536).decode())
+    notify.read_pending()
     return list(notify.messages)
 
 
