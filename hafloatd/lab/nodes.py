@@ -24,15 +24,11 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from hafloatd.lab.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]  # the source tree (editable install)
 AGENT = REPO / "ocf" / "hafloat"
 TOKEN = "test-token"  # noqa: S105 - the simulator's default test token, not a secret
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NotifySocket:
